@@ -1,0 +1,41 @@
+/*
+ * crtforge C runtime: the little that TVM-generated kernels and crtforge-generated executors call.
+ * No allocation, no start-up code: every buffer is owned by the generated executor and handed in.
+ */
+#ifndef CRTFORGE_CRT_H_
+#define CRTFORGE_CRT_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <dlpack/dlpack.h>
+#include <tvm/ffi/c_api.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define CRTFORGE_ALIGNED(n) __attribute__((aligned(n)))
+
+/* Kernels use TVM's packed-call ABI: int32_t f(void* self, void* args, int32_t num_args, void* result). */
+typedef int32_t (*crtforge_packed_fn)(void* self, void* args, int32_t num_args, void* result);
+
+/* Status codes returned by generated <prefix>_run functions. */
+#define CRTFORGE_OK 0
+#define CRTFORGE_ERR_ARGUMENT 1
+#define CRTFORGE_ERR_KERNEL 2
+
+/* The last error a kernel raised (TVMFFIErrorSetRaisedFromCStrParts), or "" if none. */
+const char* crtforge_last_error(void);
+void crtforge_clear_error(void);
+/* Records an error raised outside a kernel (e.g. a NULL input pointer). */
+void crtforge_set_error(const char* kind, const char* message);
+
+/* Hands the kernels' workspace pool (TVMBackendAllocWorkspace, LIFO) its memory. */
+void crtforge_workspace_init(void* base, size_t size);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* CRTFORGE_CRT_H_ */

@@ -1,0 +1,41 @@
+/*
+ * Output channel of crtforge's generated test programs: plain text lines on stdout.
+ */
+#include "crtforge/harness.h"
+
+#include <stdio.h>
+
+void crtforge_harness_print_output(int index, const void* data, size_t nbytes) {
+  const unsigned char* bytes = (const unsigned char*)data;
+  size_t i;
+  printf("crtforge-output %d %lu ", index, (unsigned long)nbytes);
+  for (i = 0; i < nbytes; ++i) printf("%02x", bytes[i]);
+  printf("\n");
+}
+
+int crtforge_harness_check_registry(const TVMModule* module, uint16_t count) {
+  const TVMFuncRegistry* registry = module->registry;
+  uint16_t i;
+  if (crtforge_registry_size(registry) != count) {
+    printf("crtforge-error registry holds %u functions, expected %u\n", crtforge_registry_size(registry), count);
+    return -1;
+  }
+  for (i = 0; i < count; ++i) {
+    const char* name = crtforge_registry_name(registry, i);
+    if (crtforge_registry_lookup(registry, name) != registry->funcs[i]) {
+      printf("crtforge-error registry lookup of '%s' failed\n", name);
+      return -1;
+    }
+  }
+  printf("crtforge-registry %u\n", count);
+  return 0;
+}
+
+void crtforge_harness_print_error(int32_t status) {
+  printf("crtforge-error %ld %s\n", (long)status, crtforge_last_error());
+}
+
+void crtforge_harness_done(void) {
+  printf("crtforge-done\n");
+  fflush(stdout);
+}

@@ -1,0 +1,59 @@
+"""crtforge: `doit build` and `doit test` for the pipeline in pipeline.toml (or `pipeline=PATH`).
+
+Thin on purpose: it reads the pipeline and yields the tasks that tasks/wiring.py describes.
+"""
+
+from doit import get_var
+
+from tasks import wiring
+
+PIPELINE = wiring.load(get_var("pipeline", "pipeline.toml"))
+DOIT_CONFIG = wiring.doit_config(PIPELINE)
+
+
+def task_reference():
+    """Inputs and reference outputs per model."""
+    yield from wiring.reference_tasks(PIPELINE)
+
+
+def task_import():
+    """Stage 1: import each model into Relax."""
+    yield from wiring.import_tasks(PIPELINE)
+
+
+def task_relax():
+    """Stage 2: TVM build (Relax pipeline, TIR kernels, plan)."""
+    yield from wiring.relax_tasks(PIPELINE)
+
+
+def task_classify():
+    """Stage 3: classify the runtime modules."""
+    yield from wiring.classify_tasks(PIPELINE)
+
+
+def task_codegen():
+    """Stage 4: generate the metadata module, executor and header."""
+    yield from wiring.codegen_tasks(PIPELINE)
+
+
+def task_link():
+    """Stage 5: compile & link with the target's toolchain."""
+    yield from wiring.link_tasks(PIPELINE)
+
+
+def task_execute():
+    """Stage 6a: run the test programs."""
+    yield from wiring.run_tasks(PIPELINE)
+
+
+def task_compare():
+    """Stage 6b: compare outputs with the reference."""
+    yield from wiring.compare_tasks(PIPELINE)
+
+
+def task_build():
+    return wiring.build_task()
+
+
+def task_test():
+    return wiring.test_task(PIPELINE)

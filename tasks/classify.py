@@ -1,0 +1,134 @@
+"""Stage 3, classify: decide, for every runtime module the build produced, how the C runtime hosts it.
+
+`inventory` walks a TVM runtime module tree (root and every import) into plain records; `classify`
+turns the records into verdicts. Kinds `c` and `llvm` are DSO-exportable: their functions enter the
+function registry. A module that also needs constants (`get_const_vars`) is `dso+constants`: its
+constants are resolved at codegen time, never loaded at start-up. Anything else is refused with the
+reason and what to change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+DSO_KINDS = ("c", "llvm")
+
+MASK_BINARY_SERIALIZABLE = 1
+MASK_RUNNABLE = 2
+MASK_COMPILATION_EXPORTABLE = 4
+
+
+class ClassifyError(Exception):
+    """A module the C runtime cannot host, or clashing symbols."""
+
+
+@dataclass(frozen=True)
+class ModuleRecord:
+    path: str  # position in the tree: "0" is the root, "0.1" its second import
+    kind: str
+    property_mask: int
+    functions: tuple[str, ...]
+    const_vars: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> "ModuleRecord":
+        return ModuleRecord(path=d["path"], kind=d["kind"], property_mask=d["property_mask"],
+                            functions=tuple(d["functions"]), const_vars=tuple(d["const_vars"]))
+
+
+@dataclass(frozen=True)
+class Verdict:
+    record: ModuleRecord
+    verdict: str  # "dso", "dso+constants" or "refused"
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        r = self.record
+        return {"path": r.path, "kind": r.kind, "property_mask": r.property_mask,
+                "is_binary_serializable": bool(r.property_mask & MASK_BINARY_SERIALIZABLE),
+                "is_runnable": bool(r.property_mask & MASK_RUNNABLE),
+                "is_compilation_exportable": bool(r.property_mask & MASK_COMPILATION_EXPORTABLE),
+                "functions": list(r.functions), "const_vars": list(r.const_vars),
+                "verdict": self.verdict, "reason": self.reason}
+
+
+@dataclass
+class Classification:
+    modules: list[Verdict] = field(default_factory=list)
+
+    @property
+    def registry_functions(self) -> list[str]:
+        """Every function that enters the registry, sorted."""
+        return sorted(f for v in self.modules if v.verdict.startswith("dso") for f in v.record.functions)
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for v in self.modules:
+            out[v.verdict] = out.get(v.verdict, 0) + 1
+        return dict(sorted(out.items()))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"modules": [v.to_dict() for v in self.modules], "counts": self.counts(),
+                "registry": self.registry_functions}
+
+
+def _call_optional(module, name: str) -> tuple[str, ...]:
+    if not module.implements_function(name, False):
+        return ()
+    return tuple(str(x) for x in module.get_function(name)())
+
+
+def _functions(module, candidates: tuple[str, ...]) -> tuple[str, ...]:
+    """The module's functions: its own list where it keeps one (C source modules), else those of
+    `candidates` (the symbols the build asked for) that it answers for under TVM's `__tvm_ffi_` name."""
+    if module.implements_function("get_func_names", False):
+        return tuple(sorted(_call_optional(module, "get_func_names")))
+    return tuple(sorted(c for c in candidates if module.implements_function(f"__tvm_ffi_{c}", False)))
+
+
+def inventory(module, candidates: tuple[str, ...] = (), path: str = "0") -> list[ModuleRecord]:
+    """Records for `module` and, depth first, every module it imports."""
+    record = ModuleRecord(path=path, kind=module.kind, property_mask=int(module.get_property_mask()),
+                          functions=_functions(module, candidates),
+                          const_vars=_call_optional(module, "get_const_vars"))
+    records = [record]
+    for i, child in enumerate(module.imports):
+        records.extend(inventory(child, candidates, f"{path}.{i}"))
+    return records
+
+
+def _verdict(record: ModuleRecord) -> Verdict:
+    exportable = bool(record.property_mask & MASK_COMPILATION_EXPORTABLE)
+    if record.kind in DSO_KINDS and exportable:
+        if record.const_vars:
+            return Verdict(record, "dso+constants",
+                           f"{len(record.const_vars)} constant(s) resolved into const arrays at codegen time")
+        return Verdict(record, "dso", "functions linked into the program and listed in the registry")
+    why = ("it is only binary-serialisable: the C runtime would have to parse it at start-up"
+           if record.property_mask & MASK_BINARY_SERIALIZABLE else "it cannot be exported as C or an object")
+    return Verdict(record, "refused",
+                   f"module kind '{record.kind}' (property mask {record.property_mask}) cannot be hosted by the "
+                   f"C runtime: {why}. HINT: use a target whose backend is 'c' or 'llvm' in pipeline.toml and "
+                   "disable any offload that produces this module")
+
+
+def classify(records: list[ModuleRecord]) -> Classification:
+    """Verdicts for every record; raises ClassifyError on a refused module or a duplicate symbol."""
+    result = Classification([_verdict(r) for r in records])
+    refused = [v for v in result.modules if v.verdict == "refused"]
+    if refused:
+        raise ClassifyError("; ".join(f"module {v.record.path}: {v.reason}" for v in refused))
+    owner: dict[str, ModuleRecord] = {}
+    for v in result.modules:
+        if not v.verdict.startswith("dso"):
+            continue
+        for f in v.record.functions:
+            if f in owner:
+                raise ClassifyError(f"duplicate symbol '{f}': defined by module {owner[f].path} "
+                                    f"(kind '{owner[f].kind}') and module {v.record.path} (kind '{v.record.kind}')")
+            owner[f] = v.record
+    return result

@@ -1,0 +1,215 @@
+"""Stage 4, codegen: the C-runtime metadata module and the ahead-of-time executor, as C.
+
+`Registry` is the one description of the function registry; `emit_metadata_c` is its C emitter.
+The executor and header are rendered from the plan by Jinja templates in tasks/templates/.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import numpy as np
+
+from tasks import fsutil
+from tasks.classify import Classification
+from tasks.importer import ModelSignature
+from tasks.plan import HOME_ARENA, HOME_CONST, HOME_INPUT, Plan
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+
+# dtype → (C type, DLPack type code name, bits)
+_DTYPES = {
+    "float32": ("float", "kDLFloat", 32), "float64": ("double", "kDLFloat", 64),
+    "int8": ("int8_t", "kDLInt", 8), "int16": ("int16_t", "kDLInt", 16),
+    "int32": ("int32_t", "kDLInt", 32), "int64": ("int64_t", "kDLInt", 64),
+    "uint8": ("uint8_t", "kDLUInt", 8), "uint16": ("uint16_t", "kDLUInt", 16),
+    "uint32": ("uint32_t", "kDLUInt", 32), "uint64": ("uint64_t", "kDLUInt", 64),
+    "bool": ("uint8_t", "kDLBool", 8),
+}
+_VALUES_PER_LINE = 8
+
+
+class CodegenError(Exception):
+    """Something in the plan that the C emitter cannot express."""
+
+
+@dataclass(frozen=True)
+class GeneratedFrom:
+    """What every generated file says about its origin (no timestamps, no absolute paths)."""
+    model: str
+    target: str
+    source: str  # file name only
+    sha256: str
+    tvm_version: str
+    header: str  # the model header's file name
+
+
+@dataclass(frozen=True)
+class RegistryEntry:
+    name: str  # as looked up at run time
+    symbol: str  # the C symbol it resolves to
+
+
+@dataclass(frozen=True)
+class Registry:
+    prefix: str
+    functions: tuple[RegistryEntry, ...]
+
+    @staticmethod
+    def from_classification(prefix: str, classification: Classification) -> "Registry":
+        return Registry(prefix, tuple(RegistryEntry(f, f"__tvm_ffi_{f}")
+                                      for f in classification.registry_functions))
+
+    @property
+    def count_escape(self) -> str:
+        n = len(self.functions)
+        if n > 0xFFFF:
+            raise CodegenError(f"{n} functions do not fit the registry's uint16 count.")
+        return f"\\x{n & 0xFF:02x}\\x{n >> 8:02x}"
+
+
+def ctype(dtype: str) -> str:
+    if dtype not in _DTYPES:
+        raise CodegenError(f"tensors of dtype '{dtype}' are not supported by the C executor yet.")
+    return _DTYPES[dtype][0]
+
+
+def _env() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), trim_blocks=True,
+                             lstrip_blocks=True, keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
+    env.globals["ctype"] = ctype
+    return env
+
+
+def c_literal(value: Any, dtype: str) -> str:
+    """One value as a C literal that reads back bit-exactly."""
+    if dtype.startswith("float"):
+        v = float(value)
+        if math.isnan(v):
+            return "NAN"
+        if math.isinf(v):
+            return "INFINITY" if v > 0 else "-INFINITY"
+        # Shortest text that reads back to the same float32/float64.
+        text = str(np.float32(v)) if dtype == "float32" else repr(v)
+        if "e" not in text and "." not in text:
+            text += ".0"
+        return text + ("f" if dtype == "float32" else "")
+    if dtype == "bool":
+        return "1" if value else "0"
+    v = int(value)
+    if dtype == "int64":
+        return f"({v + 1}LL - 1)" if v == -(2 ** 63) else f"{v}LL"
+    if dtype == "uint64":
+        return f"{v}ULL"
+    if dtype == "int32" and v == -(2 ** 31):
+        return "(-2147483647 - 1)"
+    if dtype == "uint32":
+        return f"{v}u"
+    return str(v)
+
+
+def weight_lines(array: np.ndarray) -> list[str]:
+    """The array's values, wrapped at the innermost dimension (and every 8 values)."""
+    dtype = str(array.dtype)
+    row = array.shape[-1] if array.ndim else 1
+    flat = array.reshape(-1) if array.size else np.zeros(0, array.dtype)
+    lines = []
+    for start in range(0, flat.size, row or 1):
+        chunk = flat[start:start + row]
+        for i in range(0, len(chunk), _VALUES_PER_LINE):
+            lines.append(", ".join(c_literal(x, dtype) for x in chunk[i:i + _VALUES_PER_LINE]) + ",")
+    return lines
+
+
+def emit_metadata_c(registry: Registry, gen: GeneratedFrom) -> str:
+    return _env().get_template("metadata.c.j2").render(registry=registry, gen=gen)
+
+
+def emit_header(plan: Plan, sig: ModelSignature, prefix: str, gen: GeneratedFrom) -> str:
+    return _env().get_template("model.h.j2").render(plan=plan, sig=sig, p=prefix, P=prefix.upper(), gen=gen)
+
+
+def emit_executor(plan: Plan, params: dict[str, np.ndarray], sig: ModelSignature, prefix: str,
+                  gen: GeneratedFrom) -> str:
+    p = prefix
+    shapes: list[tuple[int, ...]] = []
+
+    def shape_index(shape: tuple[int, ...]) -> int:
+        if shape not in shapes:
+            shapes.append(shape)
+        return shapes.index(shape)
+
+    def data_expr(t) -> str:
+        if t.home == HOME_ARENA:
+            return f"&{p}_arena[{plan.storages[t.index].offset + t.offset}]"
+        if t.home == HOME_CONST:
+            return f"(void*){p}_{plan.constants[t.index].name}"
+        return "NULL"
+
+    def where(t) -> str:
+        if t.home == HOME_ARENA:
+            return f"arena +{plan.storages[t.index].offset + t.offset}"
+        if t.home == HOME_CONST:
+            return f"weights {plan.constants[t.index].name}"
+        return f"model input {t.index}"
+
+    # Only tensors a call or an output reads are emitted (reshapes of weights may leave some unused).
+    used = {a for c in plan.calls for a in c.args} | set(plan.outputs)
+    tensors = []
+    for t in plan.tensors:
+        if t.id not in used:
+            continue
+        ctype(t.dtype)
+        _, code, bits = _DTYPES[t.dtype]
+        tensors.append({"id": t.id, "name": t.name, "shape": t.shape, "dtype": t.dtype, "where": where(t),
+                        "is_input": t.home == HOME_INPUT, "data": data_expr(t),
+                        "dl_dtype": f"{code}, {bits}, 1", "shape_index": shape_index(t.shape)})
+    # An input's data pointer is set in <prefix>_run, once per input tensor; a reshaped input would need a
+    # second descriptor set there too.
+    for t in plan.tensors:
+        if t.home == HOME_INPUT and t.id not in plan.inputs and t.id in used:
+            raise CodegenError(f"input {t.index} is reshaped before use; aliases of inputs are not supported yet.")
+
+    weights = []
+    for c in plan.constants:
+        array = params[c.name]
+        weights.append({"name": c.name, "dtype": c.dtype, "shape": c.shape, "ctype": ctype(c.dtype),
+                        "size": max(array.size, 1), "lines": weight_lines(array) or ["0,"]})
+
+    def describe(tid: int) -> str:
+        t = plan.tensors[tid]
+        return f"t{tid} '{t.name}'"
+
+    calls = [{"kernel": c.kernel, "args": c.args,
+              "comment": f"{c.binding}: {c.kernel}({', '.join(describe(a) for a in c.args)})"} for c in plan.calls]
+    inputs = [{"id": tid, "c_name": spec.c_name} for tid, spec in zip(plan.inputs, sig.inputs) if tid in used]
+    outputs = []
+    for tid, spec in zip(plan.outputs, sig.outputs):
+        t = plan.tensors[tid]
+        src = f"inputs->{sig.inputs[t.index].c_name}" if t.home == HOME_INPUT else data_expr(t)
+        outputs.append({"c_name": spec.c_name, "data": src, "nbytes": t.nbytes})
+    return _env().get_template("executor.c.j2").render(
+        plan=plan, p=p, P=p.upper(), gen=gen, weights=weights, shapes=shapes, tensors=tensors, calls=calls,
+        inputs=inputs, outputs=outputs)
+
+
+def run_codegen(plan_json: Path, params_npz: Path, classification_json: Path, import_json: Path,
+                prefix: str, gen: GeneratedFrom, out_dir: Path) -> None:
+    """Write metadata.c, executor.c and the model header into `out_dir`."""
+    from tasks.classify import ModuleRecord, classify
+
+    plan = Plan.from_dict(fsutil.read_json(plan_json))
+    params = fsutil.load_npz(params_npz)
+    sig = ModelSignature.from_dict(fsutil.read_json(import_json)["signature"])
+    records = [ModuleRecord.from_dict(m) for m in fsutil.read_json(classification_json)["modules"]]
+    registry = Registry.from_classification(prefix, classify(records))
+    missing = sorted(set(plan.kernels) - {f.name for f in registry.functions})
+    if missing:
+        raise CodegenError(f"kernels called by the plan but defined by no module: {', '.join(missing)}")
+    fsutil.write_text(out_dir / "metadata.c", emit_metadata_c(registry, gen))
+    fsutil.write_text(out_dir / "executor.c", emit_executor(plan, params, sig, prefix, gen))
+    fsutil.write_text(out_dir / gen.header, emit_header(plan, sig, prefix, gen))

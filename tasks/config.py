@@ -1,0 +1,266 @@
+"""Load and validate pipeline.toml and toolchains/*.toml into dataclasses.
+
+Every error names the file and the key, and says how to fix it. Nothing here imports TVM, so
+`doit list` works before anything heavy is installed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tasks.naming import c_identifier, is_valid_name
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+TOOLCHAIN_DIR = PROJECT_ROOT / "toolchains"
+
+BACKENDS = ("c",)
+RUNNERS = ("native",)
+MODEL_SUFFIXES = (".onnx", ".tflite")
+
+
+class ConfigError(Exception):
+    """A bad pipeline or toolchain file: `file: key: problem. HINT: fix`."""
+
+    def __init__(self, file: Path | str, key: str, problem: str, hint: str = ""):
+        self.file = str(file)
+        self.key = key
+        self.problem = problem
+        self.hint = hint
+        where = f"{self.file}: {key}" if key else self.file
+        super().__init__(f"{where}: {problem}" + (f" HINT: {hint}" if hint else ""))
+
+
+@dataclass(frozen=True)
+class Toolchain:
+    name: str
+    file: Path
+    description: str
+    cc: str
+    ar: str
+    cflags: tuple[str, ...]
+    ldflags: tuple[str, ...]
+    libs: tuple[str, ...]
+    debian_package: str
+
+    def settings(self) -> dict[str, Any]:
+        """What a compile/link task reads, for doit's config_changed."""
+        return {"name": self.name, "cc": self.cc, "ar": self.ar, "cflags": list(self.cflags),
+                "ldflags": list(self.ldflags), "libs": list(self.libs)}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    prefix: str  # C prefix of every symbol generated for this model
+    source: Path
+    inputs: Path | None
+    expected: Path | None
+    rtol: float
+    atol: float
+
+    @property
+    def format(self) -> str:
+        return self.source.suffix.lstrip(".")
+
+    def settings(self) -> dict[str, Any]:
+        return {"name": self.name, "prefix": self.prefix, "source": str(self.source),
+                "inputs": str(self.inputs) if self.inputs else None,
+                "expected": str(self.expected) if self.expected else None,
+                "rtol": self.rtol, "atol": self.atol}
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    name: str
+    backend: str
+    toolchain: Toolchain
+    runner: str
+    tvm: dict[str, Any]  # extra TVM target attributes, e.g. {"mcpu": "cortex-m4"}
+    models: tuple[str, ...]
+    timeout: float  # seconds one run of the test program may take
+
+    def tvm_target(self) -> dict[str, Any]:
+        """The TVM target as the JSON dict that tvm.target.Target accepts."""
+        return {"kind": self.backend, **self.tvm}
+
+    def settings(self) -> dict[str, Any]:
+        return {"name": self.name, "backend": self.backend, "toolchain": self.toolchain.name,
+                "runner": self.runner, "tvm": self.tvm, "timeout": self.timeout}
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    file: Path
+    out: Path
+    models: dict[str, ModelConfig]
+    targets: dict[str, TargetConfig]
+    toolchains: dict[str, Toolchain] = field(default_factory=dict)
+
+    def pairs(self) -> list[tuple[ModelConfig, TargetConfig]]:
+        """Every (model, target) pair to build, in file order."""
+        return [(self.models[m], t) for t in self.targets.values() for m in t.models]
+
+
+# --- reading -----------------------------------------------------------------------------------------
+
+def _read_toml(path: Path, key: str, what: str) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(path, key, f"{what} not found.", f"create {path.name} or pass pipeline=PATH") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(path, key, f"TOML syntax error: {e}.", "fix the line it names") from None
+
+
+def _check_keys(file: Path, key: str, table: dict[str, Any], allowed: dict[str, type | tuple[type, ...]],
+                required: tuple[str, ...] = ()) -> None:
+    for k, v in table.items():
+        if k not in allowed:
+            near = difflib.get_close_matches(k, list(allowed), n=1)
+            hint = f"did you mean '{near[0]}'?" if near else f"allowed keys: {', '.join(sorted(allowed))}"
+            raise ConfigError(file, f"{key}.{k}" if key else k, "unknown key.", hint)
+        want = allowed[k]
+        # bool is an int in Python; a number key must not accept true/false.
+        if isinstance(v, bool) and bool not in (want if isinstance(want, tuple) else (want,)):
+            raise ConfigError(file, f"{key}.{k}" if key else k, f"expected {_type_name(want)}, got a boolean.")
+        if not isinstance(v, want):
+            raise ConfigError(file, f"{key}.{k}" if key else k,
+                              f"expected {_type_name(want)}, got {type(v).__name__} {v!r}.")
+    for k in required:
+        if k not in table:
+            raise ConfigError(file, f"{key}.{k}" if key else k, "missing required key.")
+
+
+def _type_name(t: type | tuple[type, ...]) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", list: "a list", dict: "a table", bool: "a boolean"}
+    ts = t if isinstance(t, tuple) else (t,)
+    return " or ".join(names.get(x, x.__name__) for x in ts)
+
+
+def _existing_path(file: Path, key: str, value: str, what: str) -> Path:
+    path = (file.parent / value).resolve()
+    if not path.exists():
+        raise ConfigError(file, key, f"{what} '{value}' not found (looked at {path}).",
+                          "paths are relative to the pipeline file; fix the path or add the file")
+    return path
+
+
+def load_toolchain(name: str, toolchain_dir: Path = TOOLCHAIN_DIR) -> Toolchain:
+    path = toolchain_dir / f"{name}.toml"
+    data = _read_toml(path, "", "toolchain file")
+    _check_keys(path, "", data, {"description": str, "cc": str, "ar": str, "cflags": list, "ldflags": list,
+                                  "libs": list, "debian_package": str},
+                required=("cc", "ar", "debian_package"))
+    for k in ("cflags", "ldflags", "libs"):
+        if not all(isinstance(x, str) for x in data.get(k, [])):
+            raise ConfigError(path, k, "expected a list of strings.")
+    return Toolchain(name=name, file=path, description=data.get("description", ""), cc=data["cc"], ar=data["ar"],
+                     cflags=tuple(data.get("cflags", [])), ldflags=tuple(data.get("ldflags", [])),
+                     libs=tuple(data.get("libs", [])), debian_package=data["debian_package"])
+
+
+def _load_model(file: Path, name: str, table: Any) -> ModelConfig:
+    key = f"models.{name}"
+    if not isinstance(table, dict):
+        raise ConfigError(file, key, "expected a table.", f"write it as [{key}]")
+    _check_keys(file, key, table, {"source": str, "inputs": str, "expected": str,
+                                   "rtol": (int, float), "atol": (int, float)}, required=("source",))
+    source = _existing_path(file, f"{key}.source", table["source"], "model file")
+    if source.suffix not in MODEL_SUFFIXES:
+        raise ConfigError(file, f"{key}.source", f"'{table['source']}' is not an .onnx or .tflite file.",
+                          "crtforge imports ONNX and TFLite models")
+    inputs = _existing_path(file, f"{key}.inputs", table["inputs"], "inputs file") if "inputs" in table else None
+    if inputs is not None and inputs.suffix != ".npz":
+        raise ConfigError(file, f"{key}.inputs", "expected an .npz file keyed by input name.")
+    expected = (_existing_path(file, f"{key}.expected", table["expected"], "expected outputs")
+                if "expected" in table else None)
+    if expected is not None and not (expected.suffix == ".npz" or expected.is_dir()):
+        raise ConfigError(file, f"{key}.expected", "expected an .npz file or an ONNX test_data_set_N directory.")
+    for tol in ("rtol", "atol"):
+        if tol in table and table[tol] < 0:
+            raise ConfigError(file, f"{key}.{tol}", "must not be negative.")
+    return ModelConfig(name=name, prefix=c_identifier(name), source=source, inputs=inputs, expected=expected,
+                       rtol=float(table.get("rtol", 1e-4)), atol=float(table.get("atol", 1e-5)))
+
+
+def _load_target(file: Path, name: str, table: Any, models: dict[str, ModelConfig],
+                 toolchains: dict[str, Toolchain], toolchain_dir: Path) -> TargetConfig:
+    key = f"targets.{name}"
+    if not isinstance(table, dict):
+        raise ConfigError(file, key, "expected a table.", f"write it as [{key}]")
+    _check_keys(file, key, table, {"backend": str, "toolchain": str, "runner": str, "tvm": dict,
+                                   "models": list, "timeout": (int, float)},
+                required=("backend", "toolchain", "runner"))
+    if table["backend"] not in BACKENDS:
+        raise ConfigError(file, f"{key}.backend", f"unknown backend '{table['backend']}'.",
+                          f"use one of: {', '.join(BACKENDS)}")
+    if table["runner"] not in RUNNERS:
+        raise ConfigError(file, f"{key}.runner", f"unknown runner '{table['runner']}'.",
+                          f"use one of: {', '.join(RUNNERS)}")
+    tc_name = table["toolchain"]
+    if tc_name not in toolchains:
+        known = sorted(p.stem for p in toolchain_dir.glob("*.toml"))
+        if tc_name not in known:
+            near = difflib.get_close_matches(tc_name, known, n=1)
+            raise ConfigError(file, f"{key}.toolchain", f"unknown toolchain '{tc_name}'.",
+                              (f"did you mean '{near[0]}'? " if near else "")
+                              + f"toolchains are the files in {toolchain_dir}: {', '.join(known)}")
+        toolchains[tc_name] = load_toolchain(tc_name, toolchain_dir)
+    tvm_opts = table.get("tvm", {})
+    if "kind" in tvm_opts:
+        raise ConfigError(file, f"{key}.tvm.kind", "the TVM target kind comes from 'backend'.",
+                          f"remove {key}.tvm.kind and set {key}.backend")
+    target_models = table.get("models", list(models))
+    for i, m in enumerate(target_models):
+        if not isinstance(m, str) or m not in models:
+            near = difflib.get_close_matches(str(m), list(models), n=1)
+            raise ConfigError(file, f"{key}.models[{i}]", f"unknown model {m!r}.",
+                              f"did you mean '{near[0]}'?" if near else f"define [models.{m}] first")
+    timeout = float(table.get("timeout", 60))
+    if timeout <= 0:
+        raise ConfigError(file, f"{key}.timeout", "must be a positive number of seconds.")
+    return TargetConfig(name=name, backend=table["backend"], toolchain=toolchains[tc_name],
+                        runner=table["runner"], tvm=dict(tvm_opts), models=tuple(target_models), timeout=timeout)
+
+
+def load_pipeline(path: Path | str, toolchain_dir: Path = TOOLCHAIN_DIR) -> Pipeline:
+    """Read and validate a pipeline file; raise ConfigError naming the file and key on any problem."""
+    file = Path(path).resolve()
+    data = _read_toml(file, "", "pipeline file")
+    _check_keys(file, "", data, {"pipeline": dict, "models": dict, "targets": dict},
+                required=("models", "targets"))
+    settings = data.get("pipeline", {})
+    _check_keys(file, "pipeline", settings, {"out": str})
+    out = (file.parent / settings.get("out", "out")).resolve()
+
+    models: dict[str, ModelConfig] = {}
+    prefixes: dict[str, str] = {}
+    for name, table in data["models"].items():
+        if not is_valid_name(name):
+            raise ConfigError(file, f"models.{name}", "a model name is a letter, then letters, digits, '_' or '-'.")
+        model = _load_model(file, name, table)
+        if model.prefix in prefixes:
+            raise ConfigError(file, f"models.{name}",
+                              f"models '{prefixes[model.prefix]}' and '{name}' both give the C prefix "
+                              f"'{model.prefix}'.", "rename one of them")
+        prefixes[model.prefix] = name
+        models[name] = model
+    if not models:
+        raise ConfigError(file, "models", "no models defined.", "add a [models.NAME] table with a source")
+
+    toolchains: dict[str, Toolchain] = {}
+    targets: dict[str, TargetConfig] = {}
+    for name, table in data["targets"].items():
+        if not is_valid_name(name):
+            raise ConfigError(file, f"targets.{name}",
+                              "a target name is a letter, then letters, digits, '_' or '-'.")
+        targets[name] = _load_target(file, name, table, models, toolchains, toolchain_dir)
+    if not targets:
+        raise ConfigError(file, "targets", "no targets defined.", "add a [targets.NAME] table")
+    return Pipeline(file=file, out=out, models=models, targets=targets, toolchains=toolchains)

@@ -1,0 +1,155 @@
+"""Stage 1, import: an ONNX or TFLite model file → a Relax IRModule and its signature.
+
+TVM IR cannot be cached (tvm.ir.save_json segfaults on these modules), so later stages call
+`load_relax` again; this stage checks that the model imports and records what it found.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from tasks import fsutil
+from tasks.naming import unique_c_identifiers
+
+
+class ModelImportError(Exception):
+    """The model file cannot be imported: names the file and what TVM said."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str  # as the model file names it
+    c_name: str  # the Relax parameter name (a C identifier)
+    shape: tuple[int, ...]
+    dtype: str
+
+    @property
+    def nbytes(self) -> int:
+        import numpy as np
+
+        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> "TensorSpec":
+        return TensorSpec(name=d["name"], c_name=d["c_name"], shape=tuple(d["shape"]), dtype=d["dtype"])
+
+
+@dataclass(frozen=True)
+class ModelSignature:
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"inputs": [asdict(t) for t in self.inputs], "outputs": [asdict(t) for t in self.outputs]}
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> "ModelSignature":
+        return ModelSignature(inputs=tuple(TensorSpec.from_dict(t) for t in d["inputs"]),
+                              outputs=tuple(TensorSpec.from_dict(t) for t in d["outputs"]))
+
+
+def _file_io_names(source: Path) -> tuple[list[str], list[str]]:
+    """Input and output names as the model file has them (ONNX initializers are not inputs)."""
+    if source.suffix == ".onnx":
+        import onnx
+
+        graph = onnx.load(str(source), load_external_data=False).graph
+        inits = {i.name for i in graph.initializer}
+        return [i.name for i in graph.input if i.name not in inits], [o.name for o in graph.output]
+    model = _read_tflite(source)
+    sub = model.Subgraphs(0)
+    name = lambda i: sub.Tensors(i).Name().decode()  # noqa: E731
+    return ([name(sub.Inputs(i)) for i in range(sub.InputsLength())],
+            [name(sub.Outputs(i)) for i in range(sub.OutputsLength())])
+
+
+def _read_tflite(source: Path):
+    import tflite
+
+    buf = source.read_bytes()
+    if len(buf) < 8 or buf[4:8] != b"TFL3":
+        raise ModelImportError(f"{source}: not a TFLite flatbuffer (no 'TFL3' identifier).")
+    return tflite.Model.GetRootAsModel(buf, 0)
+
+
+def load_relax(source: Path):
+    """The model as a Relax IRModule with weights bound as constants."""
+    from tvm.relax.frontend import onnx as relax_onnx
+    from tvm.relax.frontend import tflite as relax_tflite
+
+    try:
+        if source.suffix == ".onnx":
+            import onnx
+
+            model = onnx.load(str(source))
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Renaming name")
+                return relax_onnx.from_onnx(model)
+        return relax_tflite.from_tflite(_read_tflite(source))
+    except ModelImportError:
+        raise
+    except Exception as e:  # TVM frontends raise many types; the message is what the user needs.
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelImportError(f"{source}: TVM cannot import this model: {first}") from e
+
+
+def _tensor_spec(name: str, c_name: str, ty, what: str, source: Path) -> TensorSpec:
+    from tvm import relax
+
+    if not isinstance(ty, relax.TensorType) or ty.shape is None:
+        raise ModelImportError(f"{source}: {what} '{name}' is not a tensor of known shape ({ty}).")
+    try:
+        shape = tuple(int(v) for v in ty.shape.values)
+    except TypeError:
+        raise ModelImportError(f"{source}: {what} '{name}' has a dynamic shape {ty.shape}; "
+                               "crtforge needs static shapes.") from None
+    return TensorSpec(name=name, c_name=c_name, shape=shape, dtype=str(ty.dtype))
+
+
+def signature(mod, source: Path) -> ModelSignature:
+    from tvm import relax
+
+    main = mod["main"]
+    in_names, out_names = _file_io_names(source)
+    if len(in_names) != len(main.params):
+        in_names = [p.name for p in main.params]
+    try:
+        c_names = unique_c_identifiers([p.name for p in main.params])
+    except ValueError as e:
+        raise ModelImportError(f"{source}: input names clash in C: {e}.") from None
+    inputs = tuple(_tensor_spec(n, c, p.ty, "input", source)
+                   for n, c, p in zip(in_names, c_names, main.params))
+    ret = main.ret_ty
+    out_tys = list(ret.fields) if isinstance(ret, relax.TupleType) else [ret]
+    if len(out_names) != len(out_tys):
+        out_names = [f"output_{i}" for i in range(len(out_tys))]
+    outputs = tuple(_tensor_spec(n, f"output_{i}", ty, "output", source)
+                    for i, (n, ty) in enumerate(zip(out_names, out_tys)))
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def op_histogram(mod) -> dict[str, int]:
+    """How often each Relax op appears in `main` before lowering."""
+    from tvm import ir, relax
+
+    counts: Counter[str] = Counter()
+
+    def visit(expr):
+        if isinstance(expr, relax.Call) and isinstance(expr.op, ir.Op):
+            counts[expr.op.name] += 1
+
+    relax.analysis.post_order_visit(mod["main"].body, visit)
+    return dict(sorted(counts.items()))
+
+
+def run_import(source: Path, out_json: Path) -> ModelSignature:
+    """Import `source`, then write its signature and op counts to `out_json`."""
+    mod = load_relax(source)
+    sig = signature(mod, source)
+    fsutil.write_json(out_json, {"source": source.name, "sha256": fsutil.sha256_file(source),
+                                 "signature": sig.to_dict(), "ops": op_histogram(mod)})
+    return sig

@@ -1,0 +1,210 @@
+"""Stage 2, build: lower the Relax module with TVM, compile its TIR kernels, and extract the plan.
+
+The default Relax pipeline lowers `main` to one straight-line block of storage allocations, tensor
+allocations and destination-passing kernel calls; that is an ahead-of-time schedule. This stage
+keeps the kernels (prefixed per model, so two models can share a binary) and turns `main` into a
+`Plan` that the codegen stage emits as C. Nothing of TVM's VM survives into the output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tasks import fsutil
+from tasks.importer import ModelSignature, load_relax
+from tasks.plan import HOME_ARENA, HOME_CONST, HOME_INPUT, Call, Constant, Plan, Storage, Tensor, plan_arena
+
+# Runtime checks the VM does on `main`'s arguments; the typed C API makes them hold statically.
+_IGNORED_EXTERNS = {"vm.builtin.check_tensor_info", "vm.builtin.match_shape"}
+_IGNORED_OPS = {"relax.null_value", "relax.vm.kill_object"}
+
+
+class BuildError(Exception):
+    """TVM produced something the ahead-of-time executor cannot express; says what and where."""
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    plan: Plan
+    params: dict[str, np.ndarray]  # constant name → weights
+    kernels_source: str  # TVM's C for the `c` backend
+    runtime_module: Any  # tvm.runtime.Module, for classification
+
+
+def lower(mod, target_json: dict[str, Any]):
+    import tvm
+    from tvm import relax
+
+    target = tvm.target.Target(target_json)
+    with target:
+        return relax.get_pipeline("default")(mod), target
+
+
+class _PlanBuilder:
+    """Walks the lowered `main` once and records tensors, storages, constants and calls."""
+
+    def __init__(self, mod, main, prefix: str, source: Path):
+        self.mod, self.prefix, self.source = mod, prefix, source
+        self.tensors: list[Tensor] = []
+        self.storages: list[Storage] = []
+        self.constants: list[Constant] = []
+        self.params: dict[str, np.ndarray] = {}
+        self.calls: list[Call] = []
+        self.kernels: dict[str, Any] = {}  # prefixed symbol → PrimFunc
+        self.var_tensor: dict[Any, int] = {}  # Relax Var → tensor id (Vars are keyed by object: names repeat)
+        self.var_storage: dict[Any, int] = {}
+        self.const_tensor: list[tuple[Any, int]] = []  # (GenericConst, tensor id), compared with same_as
+        self.step = 0
+        self.inputs = [self._new_tensor(p.name, p.ty, HOME_INPUT, i) for i, p in enumerate(main.params)]
+        for p, t in zip(main.params, self.inputs):
+            self.var_tensor[p] = t
+
+    def _fail(self, what: str) -> BuildError:
+        return BuildError(f"{self.source}: {what}")
+
+    def _new_tensor(self, name: str, ty, home: str, index: int, offset: int = 0) -> int:
+        shape = tuple(int(v) for v in ty.shape.values)
+        return self._add(Tensor(len(self.tensors), name, shape, str(ty.dtype), home, index, offset))
+
+    def _add(self, tensor: Tensor) -> int:
+        self.tensors.append(tensor)
+        return tensor.id
+
+    def tensor_of(self, expr) -> int:
+        """The tensor id an argument refers to, creating constants on first sight."""
+        from tvm import ir
+
+        if isinstance(expr, ir.GenericConst):
+            for const, tid in self.const_tensor:
+                if const.same_as(expr):
+                    return tid
+            array = expr.value.numpy()
+            name = f"c{len(self.constants)}"
+            self.constants.append(Constant(name, tuple(array.shape), str(array.dtype)))
+            self.params[name] = array
+            tid = self._add(Tensor(len(self.tensors), name, tuple(array.shape), str(array.dtype), HOME_CONST,
+                                   len(self.constants) - 1))
+            self.const_tensor.append((expr, tid))
+            return tid
+        if expr in self.var_tensor:
+            tid = self.var_tensor[expr]
+            base = self.tensors[tid]
+            if base.home == HOME_ARENA:
+                s = self.storages[base.index]
+                s.last = max(s.last, self.step)
+            return tid
+        raise self._fail(f"unsupported argument {type(expr).__name__} '{expr}' in the lowered main.")
+
+    def bind(self, binding) -> None:
+        from tvm import ir, relax
+
+        self.step += 1
+        var, value = binding.var, binding.value
+        if isinstance(value, relax.Var):  # plain alias
+            self.var_tensor[var] = self.tensor_of(value)
+            return
+        if not isinstance(value, relax.Call):
+            raise self._fail(f"unsupported binding '{var.name}' = {type(value).__name__}.")
+        op = value.op
+        if isinstance(op, ir.Op):
+            if op.name in _IGNORED_OPS:
+                return
+            if op.name == "relax.vm.alloc_storage":
+                nbytes = int(value.args[0].values[0])
+                self.storages.append(Storage(len(self.storages), nbytes, self.step, self.step))
+                self.var_storage[var] = len(self.storages) - 1
+                return
+            if op.name == "relax.vm.alloc_tensor":
+                sid = self.var_storage[value.args[0]]
+                self.var_tensor[var] = self._new_tensor(var.name, var.ty, HOME_ARENA, sid, int(value.args[1].value))
+                return
+            raise self._fail(f"the lowered main uses op '{op.name}', which crtforge's executor does not support.")
+        if isinstance(op, relax.ExternFunc):
+            if op.global_symbol in _IGNORED_EXTERNS:
+                return
+            if op.global_symbol == "vm.builtin.reshape":
+                base = self.tensors[self.tensor_of(value.args[0])]
+                alias = self._new_tensor(var.name, var.ty, base.home, base.index, base.offset)
+                self.var_tensor[var] = alias
+                return
+            raise self._fail(f"the lowered main calls '{op.global_symbol}', which crtforge's executor does "
+                             "not support.")
+        if isinstance(op, ir.GlobalVar):
+            func = self.mod[op]
+            symbol = f"{self.prefix}_{op.name_hint}"
+            self.kernels.setdefault(symbol, func.with_attr("global_symbol", symbol))
+            args = [self.tensor_of(a) for a in value.args]
+            self.calls.append(Call(symbol, args, var.name))
+            return
+        raise self._fail(f"unsupported call target {type(op).__name__} in binding '{var.name}'.")
+
+    def outputs(self, body) -> list[int]:
+        from tvm import relax
+
+        fields = list(body.fields) if isinstance(body, relax.Tuple) else [body]
+        self.step += 1  # outputs are read after the last call
+        return [self.tensor_of(f) for f in fields]
+
+
+def extract_plan(lowered, prefix: str, source: Path) -> tuple[Plan, dict[str, np.ndarray], dict[str, Any]]:
+    """The Plan, its constants, and the PrimFuncs `main` calls (renamed to prefixed symbols)."""
+    from tvm import relax
+
+    main = lowered["main"]
+    body = main.body
+    if not isinstance(body, relax.SeqExpr):
+        raise BuildError(f"{source}: lowered main is not a sequence of bindings.")
+    builder = _PlanBuilder(lowered, main, prefix, source)
+    for block in body.blocks:
+        for binding in block.bindings:
+            builder.bind(binding)
+    outputs = builder.outputs(body.body)
+    for tid in outputs:  # outputs are copied out at the very end
+        t = builder.tensors[tid]
+        if t.home == HOME_ARENA:
+            builder.storages[t.index].last = builder.step
+    plan = Plan(inputs=builder.inputs, outputs=outputs, tensors=builder.tensors, storages=builder.storages,
+                constants=builder.constants, calls=builder.calls, kernels=sorted(builder.kernels))
+    plan.arena_bytes = plan_arena(plan.storages)
+    return plan, builder.params, builder.kernels
+
+
+def build(source: Path, prefix: str, target_json: dict[str, Any]) -> BuildResult:
+    import tvm
+
+    mod = load_relax(source)
+    lowered, target = lower(mod, target_json)
+    plan, params, kernels = extract_plan(lowered, prefix, source)
+    tir_mod = tvm.IRModule(kernels, attrs=lowered.attrs)
+    runtime_module = tvm.tirx.build(tir_mod, target)
+    return BuildResult(plan=plan, params=params, kernels_source=runtime_module.inspect_source(),
+                       runtime_module=runtime_module)
+
+
+def kernels_c(result: BuildResult, model_name: str, source: Path, target_name: str) -> str:
+    import tvm
+
+    header = (f"/* Kernels of model '{model_name}' ({source.name}) for target '{target_name}': generated by "
+              f"TVM {tvm.__version__}'s C codegen through crtforge tasks/relax_build.py. Do not edit. */\n")
+    return header + result.kernels_source
+
+
+def run_build(source: Path, model_name: str, prefix: str, target_name: str, target_json: dict[str, Any],
+              signature: ModelSignature, out_dir: Path) -> BuildResult:
+    """Write kernels.c, plan.json, params.npz and modules.json into `out_dir`."""
+    from tasks.classify import inventory
+
+    result = build(source, prefix, target_json)
+    if len(result.plan.inputs) != len(signature.inputs) or len(result.plan.outputs) != len(signature.outputs):
+        raise BuildError(f"{source}: lowered main has {len(result.plan.inputs)} inputs and "
+                         f"{len(result.plan.outputs)} outputs; the model declares {len(signature.inputs)} "
+                         f"and {len(signature.outputs)}.")
+    fsutil.write_text(out_dir / "kernels.c", kernels_c(result, model_name, source, target_name))
+    fsutil.save_npz(out_dir / "params.npz", result.params)
+    fsutil.write_json(out_dir / "modules.json", [m.to_dict() for m in inventory(result.runtime_module, tuple(result.plan.kernels))])
+    fsutil.write_json(out_dir / "plan.json", result.plan.to_dict())
+    return result

@@ -1,0 +1,72 @@
+"""Stage 6a, run: execute the test program with the target's runner and collect its outputs.
+
+The program prints `crtforge-output <index> <nbytes> <hex>` per output and `crtforge-done` at the end
+(crt/src/harness.c); anything else — a non-zero exit, a missing line, a timeout — is a RunError.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+from tasks import fsutil
+from tasks.importer import ModelSignature
+
+
+class RunError(Exception):
+    """The test program did not run to completion: says how it ended."""
+
+
+def runner_argv(runner: str, program: Path) -> list[str]:
+    if runner == "native":
+        return [str(program)]
+    raise RunError(f"unknown runner '{runner}'.")
+
+
+def parse_outputs(stdout: str, sig: ModelSignature) -> dict[str, np.ndarray]:
+    found: dict[int, bytes] = {}
+    done = False
+    for line in stdout.splitlines():
+        parts = line.split()
+        if parts[:1] == ["crtforge-output"] and len(parts) in (3, 4):
+            index, nbytes = int(parts[1]), int(parts[2])
+            data = bytes.fromhex(parts[3]) if len(parts) == 4 else b""
+            if len(data) != nbytes:
+                raise RunError(f"output {index}: {len(data)} bytes printed, {nbytes} announced.")
+            found[index] = data
+        elif parts[:1] == ["crtforge-error"]:
+            raise RunError(f"the program reported: {line}")
+        elif parts[:1] == ["crtforge-done"]:
+            done = True
+    if not done:
+        raise RunError("the program ended without printing 'crtforge-done'.")
+    outputs = {}
+    for i, spec in enumerate(sig.outputs):
+        if i not in found:
+            raise RunError(f"the program printed no output {i} ('{spec.name}').")
+        arr = np.frombuffer(found[i], dtype=np.dtype(spec.dtype))
+        if arr.size != int(np.prod(spec.shape)):
+            raise RunError(f"output {i} ('{spec.name}') has {arr.size} elements, expected shape {spec.shape}.")
+        outputs[spec.c_name] = arr.reshape(spec.shape)
+    return outputs
+
+
+def run_program(runner: str, program: Path, sig: ModelSignature, timeout: float, out_npz: Path,
+                log: Path) -> dict[str, np.ndarray]:
+    argv = runner_argv(runner, program)
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise RunError(f"{program.name} did not finish within {timeout:g} s (runner '{runner}'). "
+                       "HINT: raise the target's 'timeout' in pipeline.toml if the model is just slow.") from None
+    fsutil.write_text(log, f"$ {' '.join(argv)}\nexit {proc.returncode}\n--- stdout\n{proc.stdout}"
+                           f"--- stderr\n{proc.stderr}")
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-5:])
+        raise RunError(f"{program.name} exited with status {proc.returncode} (runner '{runner}'); "
+                       f"see {log.name}:\n{tail}")
+    outputs = parse_outputs(proc.stdout, sig)
+    fsutil.save_npz(out_npz, outputs)
+    return outputs
