@@ -76,28 +76,27 @@ class Classification:
                 "registry": self.registry_functions}
 
 
+FFI_PREFIX = "__tvm_ffi_"  # the C symbol of packed function `f` is __tvm_ffi_f
+
+
 def _call_optional(module, name: str) -> tuple[str, ...]:
-    if not module.implements_function(name, False):
+    """The module's own answer to `name`, or () when it has no such function."""
+    try:
+        func = module.get_function(name, False)
+    except AttributeError:  # "Module has no function ..."
         return ()
-    return tuple(str(x) for x in module.get_function(name)())
+    return tuple(str(x) for x in func())
 
 
-def _functions(module, candidates: tuple[str, ...]) -> tuple[str, ...]:
-    """The module's functions: its own list where it keeps one (C source modules), else those of
-    `candidates` (the symbols the build asked for) that it answers for under TVM's `__tvm_ffi_` name."""
-    if module.implements_function("get_func_names", False):
-        return tuple(sorted(_call_optional(module, "get_func_names")))
-    return tuple(sorted(c for c in candidates if module.implements_function(f"__tvm_ffi_{c}", False)))
-
-
-def inventory(module, candidates: tuple[str, ...] = (), path: str = "0") -> list[ModuleRecord]:
-    """Records for `module` and, depth first, every module it imports."""
+def inventory(module, path: str = "0") -> list[ModuleRecord]:
+    """Records for `module` and, depth first, every module it imports. Function names are given without
+    the `__tvm_ffi_` prefix that TVM's C and LLVM modules report (a C source module lists them bare)."""
+    functions = tuple(sorted(f.removeprefix(FFI_PREFIX) for f in _call_optional(module, "get_func_names")))
     record = ModuleRecord(path=path, kind=module.kind, property_mask=int(module.get_property_mask()),
-                          functions=_functions(module, candidates),
-                          const_vars=_call_optional(module, "get_const_vars"))
+                          functions=functions, const_vars=_call_optional(module, "get_const_vars"))
     records = [record]
     for i, child in enumerate(module.imports):
-        records.extend(inventory(child, candidates, f"{path}.{i}"))
+        records.extend(inventory(child, f"{path}.{i}"))
     return records
 
 

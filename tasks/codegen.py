@@ -15,7 +15,7 @@ import jinja2
 import numpy as np
 
 from tasks import fsutil
-from tasks.classify import Classification
+from tasks.classify import FFI_PREFIX, Classification
 from tasks.importer import ModelSignature
 from tasks.plan import HOME_ARENA, HOME_CONST, HOME_INPUT, Plan
 
@@ -61,7 +61,7 @@ class Registry:
 
     @staticmethod
     def from_classification(prefix: str, classification: Classification) -> "Registry":
-        return Registry(prefix, tuple(RegistryEntry(f, f"__tvm_ffi_{f}")
+        return Registry(prefix, tuple(RegistryEntry(f, f"{FFI_PREFIX}{f}")
                                       for f in classification.registry_functions))
 
     @property

@@ -140,6 +140,8 @@ def _check_keys(file: Path, key: str, table: dict[str, Any], allowed: dict[str, 
 def _type_name(t: type | tuple[type, ...]) -> str:
     names = {str: "a string", int: "an integer", float: "a number", list: "a list", dict: "a table", bool: "a boolean"}
     ts = t if isinstance(t, tuple) else (t,)
+    if set(ts) == {int, float}:
+        return "a number"
     return " or ".join(names.get(x, x.__name__) for x in ts)
 
 

@@ -35,13 +35,22 @@ class BuildResult:
     runtime_module: Any  # tvm.runtime.Module, for classification
 
 
-def lower(mod, target_json: dict[str, Any]):
+def make_target(target_json: dict[str, Any], where: str):
+    """The TVM target; `where` names the pipeline key its options came from, for the error."""
     import tvm
+
+    try:
+        return tvm.target.Target(target_json)
+    except Exception as e:  # TVM raises ValueError or its own errors for unknown or ill-typed options
+        first = str(e).strip().splitlines()[0]
+        raise BuildError(f"{where}: TVM rejects the target {target_json}: {first}") from None
+
+
+def lower(mod, target):
     from tvm import relax
 
-    target = tvm.target.Target(target_json)
     with target:
-        return relax.get_pipeline("default")(mod), target
+        return relax.get_pipeline("default")(mod)
 
 
 class _PlanBuilder:
@@ -173,11 +182,11 @@ def extract_plan(lowered, prefix: str, source: Path) -> tuple[Plan, dict[str, np
     return plan, builder.params, builder.kernels
 
 
-def build(source: Path, prefix: str, target_json: dict[str, Any]) -> BuildResult:
+def build(source: Path, prefix: str, target_json: dict[str, Any], where: str = "target") -> BuildResult:
     import tvm
 
-    mod = load_relax(source)
-    lowered, target = lower(mod, target_json)
+    target = make_target(target_json, where)
+    lowered = lower(load_relax(source), target)
     plan, params, kernels = extract_plan(lowered, prefix, source)
     tir_mod = tvm.IRModule(kernels, attrs=lowered.attrs)
     runtime_module = tvm.tirx.build(tir_mod, target)
@@ -194,17 +203,17 @@ def kernels_c(result: BuildResult, model_name: str, source: Path, target_name: s
 
 
 def run_build(source: Path, model_name: str, prefix: str, target_name: str, target_json: dict[str, Any],
-              signature: ModelSignature, out_dir: Path) -> BuildResult:
+              signature: ModelSignature, out_dir: Path, where: str = "target") -> BuildResult:
     """Write kernels.c, plan.json, params.npz and modules.json into `out_dir`."""
     from tasks.classify import inventory
 
-    result = build(source, prefix, target_json)
+    result = build(source, prefix, target_json, where)
     if len(result.plan.inputs) != len(signature.inputs) or len(result.plan.outputs) != len(signature.outputs):
         raise BuildError(f"{source}: lowered main has {len(result.plan.inputs)} inputs and "
                          f"{len(result.plan.outputs)} outputs; the model declares {len(signature.inputs)} "
                          f"and {len(signature.outputs)}.")
     fsutil.write_text(out_dir / "kernels.c", kernels_c(result, model_name, source, target_name))
     fsutil.save_npz(out_dir / "params.npz", result.params)
-    fsutil.write_json(out_dir / "modules.json", [m.to_dict() for m in inventory(result.runtime_module, tuple(result.plan.kernels))])
+    fsutil.write_json(out_dir / "modules.json", [m.to_dict() for m in inventory(result.runtime_module)])
     fsutil.write_json(out_dir / "plan.json", result.plan.to_dict())
     return result

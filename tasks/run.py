@@ -6,6 +6,7 @@ The program prints `crtforge-output <index> <nbytes> <hex>` per output and `crtf
 
 from __future__ import annotations
 
+import signal
 import subprocess
 from pathlib import Path
 
@@ -65,8 +66,9 @@ def run_program(runner: str, program: Path, sig: ModelSignature, timeout: float,
                            f"--- stderr\n{proc.stderr}")
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-5:])
-        raise RunError(f"{program.name} exited with status {proc.returncode} (runner '{runner}'); "
-                       f"see {log.name}:\n{tail}")
+        how = (f"was killed by {signal.Signals(-proc.returncode).name}" if proc.returncode < 0
+               else f"exited with status {proc.returncode}")
+        raise RunError(f"{program.name} {how} (runner '{runner}'); see {log.name}:\n{tail}")
     outputs = parse_outputs(proc.stdout, sig)
     fsutil.save_npz(out_npz, outputs)
     return outputs

@@ -163,11 +163,11 @@ def _do_reference(model: ModelConfig, out_dir: Path) -> None:
     run_reference(model.name, model.source, model.inputs, model.expected, out_dir)
 
 
-def _do_build(model: ModelConfig, target: TargetConfig, f: PairFiles) -> None:
+def _do_build(model: ModelConfig, target: TargetConfig, f: PairFiles, pipeline_file: Path) -> None:
     from tasks.relax_build import run_build
 
     run_build(model.source, model.name, model.prefix, target.name, target.tvm_target(), _signature(f.import_json),
-              f.dir)
+              f.dir, where=f"{pipeline_file.name}: targets.{target.name}.tvm")
 
 
 def _do_classify(f: PairFiles) -> None:
@@ -251,7 +251,7 @@ def relax_tasks(pipeline: Pipeline) -> Iterator[dict[str, Any]]:
         f = pair_files(pipeline, model, target)
         yield {"name": _name(model, target),
                "doc": "TVM build: lower with the Relax pipeline, compile the kernels, extract the plan",
-               "actions": [_action(_do_build, model, target, f)],
+               "actions": [_action(_do_build, model, target, f, pipeline.file)],
                "file_dep": [str(model.source), str(f.import_json)]
                + _stage("relax_build", "plan", "importer", "classify", "fsutil", "naming"),
                "targets": [str(p) for p in (f.kernels_c, f.plan_json, f.params_npz, f.modules_json)],

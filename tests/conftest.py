@@ -1,0 +1,54 @@
+"""Shared fixtures: the repository's models, and a way to run doit on a pipeline file in a temp folder."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SINE = ROOT / "models" / "sine_float.tflite"
+CONV2D = ROOT / "models" / "conv2d" / "model.onnx"
+CONV2D_DATA = ROOT / "models" / "conv2d" / "test_data_set_0"
+
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+@dataclass
+class DoitResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def executed(self) -> list[str]:
+        """Tasks doit ran (". name"), as opposed to skipped as up to date ("-- name")."""
+        return [line[3:] for line in self.stdout.splitlines() if line.startswith(".  ")]
+
+    def skipped(self) -> list[str]:
+        return [line[3:] for line in self.stdout.splitlines() if line.startswith("-- ")]
+
+
+def run_doit(pipeline: Path, *args: str) -> DoitResult:
+    proc = subprocess.run([sys.executable, "-m", "doit", "-f", str(ROOT / "dodo.py"), "--dir", str(ROOT), *args,
+                           f"pipeline={pipeline}"], capture_output=True, text=True, timeout=600)
+    return DoitResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.fixture
+def write_pipeline(tmp_path):
+    """Writes a pipeline.toml into tmp_path and returns its path."""
+
+    def write(text: str, name: str = "pipeline.toml") -> Path:
+        path = tmp_path / name
+        path.write_text(text)
+        return path
+
+    return write
+
+
+def host_target(name: str = "host", extra: str = "") -> str:
+    return f'[targets.{name}]\nbackend = "c"\ntoolchain = "host-gcc"\nrunner = "native"\n{extra}\n'

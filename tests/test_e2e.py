@@ -1,0 +1,138 @@
+"""End to end through `doit`: build, test, incremental rebuilds, and bad input stopping with one clear line."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+
+from conftest import CONV2D, SINE, host_target, run_doit
+from tasks import fsutil
+
+PAIR_FILES = ("import.json", "kernels.c", "plan.json", "classification.json", "metadata.c", "executor.c",
+              "program.elf", "outputs.npz", "test.json")
+
+
+def pipeline_text(conv_dir, host2_extra: str = "") -> str:
+    return (f'[models.sine]\nsource = "{SINE}"\n'
+            f'[models.conv2d]\nsource = "{conv_dir}/model.onnx"\nexpected = "{conv_dir}/test_data_set_0"\n'
+            + host_target("host") + host_target("host2", host2_extra))
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A pipeline with two models on two host targets, built and tested once."""
+    root = tmp_path_factory.mktemp("e2e")
+    shutil.copytree(CONV2D.parent, root / "conv2d")
+    pipeline = root / "pipeline.toml"
+    pipeline.write_text(pipeline_text(root / "conv2d"))
+    build = run_doit(pipeline, "build")
+    assert build.returncode == 0, build.stdout + build.stderr
+    test = run_doit(pipeline, "test")
+    assert test.returncode == 0, test.stdout + test.stderr
+    return root, pipeline, test
+
+
+def test_every_pair_passes_and_the_table_says_so(project):
+    root, _, test = project
+    rows = [line for line in test.stdout.splitlines() if line.startswith("| host")]
+    assert len(rows) == 4 and all("| yes " in r for r in rows)
+    assert (root / "out" / "results.md").read_text().count("| yes ") == 4
+
+
+@pytest.mark.parametrize("target", ["host", "host2"])
+@pytest.mark.parametrize("model", ["sine", "conv2d"])
+def test_contract_files(project, target, model):
+    d = project[0] / "out" / target / model
+    for name in PAIR_FILES + (f"{model}.h", f"lib{model}.a"):
+        assert (d / name).is_file(), name
+    result = fsutil.read_json(d / "test.json")
+    assert result["passed"] is True
+    assert {"passed", "max_abs_error", "max_rel_error", "reference"} <= set(result)
+    assert result["max_abs_error"] <= 1e-5
+    metadata = (d / "metadata.c").read_text()
+    assert "const TVMModule* TVMSystemLibEntryPoint(void)" in metadata
+    assert f"extern int32_t __tvm_ffi_{model}_" in metadata
+    executor = (d / "executor.c").read_text()
+    assert f"static uint8_t {model}_arena[{model.upper()}_ARENA_BYTES]" in executor
+    assert "malloc" not in executor and "static const float" in executor
+    assert f"int32_t {model}_run(const {model}_inputs_t* inputs, {model}_outputs_t* outputs)" in (
+        d / f"{model}.h").read_text()
+    assert "crtforge-registry" in (d / "run.log").read_text()
+
+
+def test_outputs_match_the_onnx_expected_data(project):
+    out = fsutil.load_npz(project[0] / "out" / "host" / "conv2d" / "outputs.npz")["output_0"]
+    expected = onnx.numpy_helper.to_array(onnx.load_tensor(str(project[0] / "conv2d" / "test_data_set_0" /
+                                                               "output_0.pb")))
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_second_build_runs_nothing(project):
+    again = run_doit(project[1], "build")
+    assert again.returncode == 0
+    assert again.executed() == []
+    assert "relax:host/sine" in again.skipped()
+
+
+def test_editing_one_target_reruns_only_that_target(project):
+    root, pipeline, _ = project
+    pipeline.write_text(pipeline_text(root / "conv2d", 'tvm = {mcpu = "native"}'))
+    rebuilt = run_doit(pipeline, "build")
+    assert rebuilt.returncode == 0, rebuilt.stdout + rebuilt.stderr
+    executed = rebuilt.executed()
+    assert "relax:host2/sine" in executed and "relax:host2/conv2d" in executed
+    assert all("host2/" in t for t in executed), executed
+
+
+def test_changing_a_model_file_reruns_only_its_pairs(project):
+    root, pipeline, _ = project
+    model_path = root / "conv2d" / "model.onnx"
+    model = onnx.load(str(model_path))
+    model.doc_string = "edited"
+    onnx.save(model, str(model_path))
+    rebuilt = run_doit(pipeline, "build")
+    assert rebuilt.returncode == 0, rebuilt.stdout + rebuilt.stderr
+    executed = rebuilt.executed()
+    assert {"relax:host/conv2d", "relax:host2/conv2d", "reference:conv2d"} <= set(executed)
+    assert all("conv2d" in t for t in executed), executed
+
+
+BAD_PIPELINES = {
+    "missing model file": ('[models.m]\nsource = "missing.onnx"\n' + host_target(), "models.m.source",
+                           "model file 'missing.onnx' not found"),
+    "TOML syntax error": (f'[models.m]\nsource = "{SINE}"\n[targets.host\n', "pipeline.toml",
+                          "TOML syntax error"),
+    "unknown key": (f'[models.m]\nsource = "{SINE}"\nsorce = "x"\n' + host_target(), "models.m.sorce",
+                    "did you mean 'source'?"),
+    "unknown toolchain": (f'[models.m]\nsource = "{SINE}"\n' + host_target().replace("host-gcc", "avr-gcc"),
+                          "targets.host.toolchain", "unknown toolchain 'avr-gcc'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_PIPELINES))
+def test_bad_pipeline_stops_with_one_clear_line(write_pipeline, tmp_path, case):
+    text, key, message = BAD_PIPELINES[case]
+    result = run_doit(write_pipeline(text), "build")
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "pipeline.toml" in lines[0] and key in lines[0] and message in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_failing_stage_leaves_nothing_trusted(write_pipeline, tmp_path):
+    bad = write_pipeline(f'[models.m]\nsource = "{SINE}"\n' + host_target(extra='tvm = {mattr = ["+neon"]}'))
+    failed = run_doit(bad, "build")
+    assert failed.returncode != 0
+    assert "targets.host.tvm: TVM rejects the target" in failed.stdout + failed.stderr
+    pair = tmp_path / "out" / "host" / "m"
+    assert not (pair / "kernels.c").exists() and not (pair / "plan.json").exists()
+    assert not any(p.name.startswith(".") and ".tmp" in p.name for p in tmp_path.rglob("*"))
+    # fixed, the same pipeline builds, and only the stages that had not succeeded run
+    write_pipeline(f'[models.m]\nsource = "{SINE}"\n' + host_target())
+    fixed = run_doit(bad, "build")
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    assert "import:host/m" not in fixed.executed() and "relax:host/m" in fixed.executed()
