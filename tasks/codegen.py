@@ -168,11 +168,6 @@ def emit_executor(plan: Plan, params: dict[str, np.ndarray], sig: ModelSignature
         tensors.append({"id": t.id, "name": t.name, "shape": t.shape, "dtype": t.dtype, "where": where(t),
                         "is_input": t.home == HOME_INPUT, "data": data_expr(t),
                         "dl_dtype": f"{code}, {bits}, 1", "shape_index": shape_index(t.shape)})
-    # An input's data pointer is set in <prefix>_run, once per input tensor; a reshaped input would need a
-    # second descriptor set there too.
-    for t in plan.tensors:
-        if t.home == HOME_INPUT and t.id not in plan.inputs and t.id in used:
-            raise CodegenError(f"input {t.index} is reshaped before use; aliases of inputs are not supported yet.")
 
     weights = []
     for c in plan.constants:
@@ -185,8 +180,13 @@ def emit_executor(plan: Plan, params: dict[str, np.ndarray], sig: ModelSignature
         return f"t{tid} '{t.name}'"
 
     calls = [{"kernel": c.kernel, "args": c.args,
-              "comment": f"{c.binding}: {c.kernel}({', '.join(describe(a) for a in c.args)})"} for c in plan.calls]
-    inputs = [{"id": tid, "c_name": spec.c_name} for tid, spec in zip(plan.inputs, sig.inputs) if tid in used]
+              "workspace": None if c.workspace is None else plan.storages[c.workspace],
+              "comment": f"{c.binding}: {c.kernel}({', '.join(describe(a) for a in c.args)})"
+              + ("" if c.workspace is None else f", workspace {plan.storages[c.workspace].nbytes} B")}
+             for c in plan.calls]
+    # Every descriptor of an input's bytes (the input itself, or a reshape of it) points at the caller's buffer.
+    inputs = [{"id": t.id, "c_name": sig.inputs[t.index].c_name} for t in plan.tensors
+              if t.home == HOME_INPUT and t.id in used]
     outputs = []
     for tid, spec in zip(plan.outputs, sig.outputs):
         t = plan.tensors[tid]

@@ -19,6 +19,10 @@ HOME_ARENA = "arena"  # index: which storage; offset: bytes into it
 HOME_CONST = "const"  # index: which constant
 
 
+STORAGE_TENSORS = "tensors"  # holds Relax tensors
+STORAGE_WORKSPACE = "workspace"  # one kernel call's workspace (TVMBackendAllocWorkspace), alive for that call only
+
+
 @dataclass
 class Storage:
     id: int
@@ -26,6 +30,7 @@ class Storage:
     first: int  # step at which it is allocated
     last: int  # last step that touches a tensor in it
     offset: int = -1  # byte offset in the arena, set by plan_arena
+    kind: str = STORAGE_TENSORS
 
 
 @dataclass
@@ -48,6 +53,8 @@ class Call:
     kernel: str  # global symbol of the PrimFunc (C symbol is __tvm_ffi_<kernel>)
     args: list[int]  # tensor ids, outputs last (destination passing)
     binding: str  # the Relax binding it came from, for comments
+    step: int  # position in the lowered main, the clock of storage lifetimes
+    workspace: int | None = None  # storage id of its workspace, if the kernel asks for one
 
 
 @dataclass

@@ -8,6 +8,7 @@ keeps the kernels (prefixed per model, so two models can share a binary) and tur
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,8 @@ import numpy as np
 
 from tasks import fsutil
 from tasks.importer import ModelSignature, load_relax
-from tasks.plan import HOME_ARENA, HOME_CONST, HOME_INPUT, Call, Constant, Plan, Storage, Tensor, plan_arena
+from tasks.plan import (ARENA_ALIGN, HOME_ARENA, HOME_CONST, HOME_INPUT, STORAGE_WORKSPACE, Call, Constant, Plan,
+                        Storage, Tensor, plan_arena)
 
 # Runtime checks the VM does on `main`'s arguments; the typed C API makes them hold statically.
 _IGNORED_EXTERNS = {"vm.builtin.check_tensor_info", "vm.builtin.match_shape"}
@@ -147,7 +149,7 @@ class _PlanBuilder:
             symbol = f"{self.prefix}_{op.name_hint}"
             self.kernels.setdefault(symbol, func.with_attr("global_symbol", symbol))
             args = [self.tensor_of(a) for a in value.args]
-            self.calls.append(Call(symbol, args, var.name))
+            self.calls.append(Call(symbol, args, var.name, self.step))
             return
         raise self._fail(f"unsupported call target {type(op).__name__} in binding '{var.name}'.")
 
@@ -178,18 +180,62 @@ def extract_plan(lowered, prefix: str, source: Path) -> tuple[Plan, dict[str, np
             builder.storages[t.index].last = builder.step
     plan = Plan(inputs=builder.inputs, outputs=outputs, tensors=builder.tensors, storages=builder.storages,
                 constants=builder.constants, calls=builder.calls, kernels=sorted(builder.kernels))
-    plan.arena_bytes = plan_arena(plan.storages)
     return plan, builder.params, builder.kernels
 
 
-def build(source: Path, prefix: str, target_json: dict[str, Any], where: str = "target") -> BuildResult:
-    import tvm
+_WORKSPACE_CALL = re.compile(r"TVMBackendAllocWorkspace\(([^()]*(?:\([^()]*\)[^()]*)*)\)")
+_WORKSPACE_SIZE = re.compile(r"^\s*\d+\s*,\s*\w+\s*,\s*T\.uint64\((\d+)\)")
 
+
+def workspace_bytes(prim_func, symbol: str) -> int:
+    """Bytes of workspace a lowered kernel asks for, each request padded as crt/ aligns it.
+
+    Requests are freed LIFO, so their sum bounds the kernel's peak (exact when they nest).
+    TVMScript is the only view of lowered TIR that TVM's Python API offers, hence the pattern.
+    """
+    total = 0
+    for m in _WORKSPACE_CALL.finditer(prim_func.script()):
+        size = _WORKSPACE_SIZE.match(m.group(1))
+        if size is None:
+            raise BuildError(f"kernel '{symbol}' asks for a workspace of non-constant size: {m.group(0)}")
+        total += (int(size.group(1)) + ARENA_ALIGN - 1) // ARENA_ALIGN * ARENA_ALIGN
+    return total
+
+
+def compile_kernels(kernels: dict[str, Any], attrs, target) -> tuple[Any, dict[str, int]]:
+    """The runtime module of `kernels`, and each kernel's workspace bytes.
+
+    These are the steps of tvm.tirx.build, done here so that the lowered TIR can be read in between.
+    """
+    import tvm
+    from tvm.tirx.build import split_host_device_mods, tir_to_runtime
+
+    mod = tvm.IRModule(kernels, attrs=attrs)
+    mod = tvm.tirx.transform.BindTarget(target.with_host(target))(mod)
+    pipeline, finalize_host, finalize_device = tvm.tirx.get_default_tir_pipeline(target)
+    host_mod, device_mods = split_host_device_mods(pipeline(mod))
+    host_mod = finalize_host()(host_mod)
+    device_mods = {t: finalize_device()(m) for t, m in device_mods.items()}
+    workspace = {gv.name_hint: workspace_bytes(f, gv.name_hint) for gv, f in host_mod.functions.items()}
+    return tir_to_runtime(host_mod, device_mods, target), workspace
+
+
+def add_workspaces(plan: Plan, workspace: dict[str, int]) -> None:
+    """Give every call whose kernel needs workspace a storage alive at that call only."""
+    for call in plan.calls:
+        nbytes = workspace.get(call.kernel, 0)
+        if nbytes:
+            call.workspace = len(plan.storages)
+            plan.storages.append(Storage(call.workspace, nbytes, call.step, call.step, kind=STORAGE_WORKSPACE))
+
+
+def build(source: Path, prefix: str, target_json: dict[str, Any], where: str = "target") -> BuildResult:
     target = make_target(target_json, where)
     lowered = lower(load_relax(source), target)
     plan, params, kernels = extract_plan(lowered, prefix, source)
-    tir_mod = tvm.IRModule(kernels, attrs=lowered.attrs)
-    runtime_module = tvm.tirx.build(tir_mod, target)
+    runtime_module, workspace = compile_kernels(kernels, lowered.attrs, target)
+    add_workspaces(plan, workspace)
+    plan.arena_bytes = plan_arena(plan.storages)
     return BuildResult(plan=plan, params=params, kernels_source=runtime_module.inspect_source(),
                        runtime_module=runtime_module)
 

@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SINE = ROOT / "models" / "sine_float.tflite"
 CONV2D = ROOT / "models" / "conv2d" / "model.onnx"
 CONV2D_DATA = ROOT / "models" / "conv2d" / "test_data_set_0"
+CONVT = ROOT / "models" / "convtranspose2d"
 
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))

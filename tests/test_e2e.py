@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 
-from conftest import CONV2D, SINE, host_target, run_doit
+from conftest import CONV2D, CONVT, SINE, host_target, run_doit
 from tasks import fsutil
 
 PAIR_FILES = ("import.json", "kernels.c", "plan.json", "classification.json", "metadata.c", "executor.c",
@@ -16,9 +16,11 @@ PAIR_FILES = ("import.json", "kernels.c", "plan.json", "classification.json", "m
 
 
 def pipeline_text(conv_dir, host2_extra: str = "") -> str:
+    """Three models on `host`; `host2` builds two of them. ConvTranspose2d needs kernel workspace."""
     return (f'[models.sine]\nsource = "{SINE}"\n'
             f'[models.conv2d]\nsource = "{conv_dir}/model.onnx"\nexpected = "{conv_dir}/test_data_set_0"\n'
-            + host_target("host") + host_target("host2", host2_extra))
+            f'[models.convtranspose2d]\nsource = "{CONVT}/model.onnx"\nexpected = "{CONVT}/test_data_set_0"\n'
+            + host_target("host") + host_target("host2", 'models = ["sine", "conv2d"]\n' + host2_extra))
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +40,8 @@ def project(tmp_path_factory):
 def test_every_pair_passes_and_the_table_says_so(project):
     root, _, test = project
     rows = [line for line in test.stdout.splitlines() if line.startswith("| host")]
-    assert len(rows) == 4 and all("| yes " in r for r in rows)
-    assert (root / "out" / "results.md").read_text().count("| yes ") == 4
+    assert len(rows) == 5 and all("| yes " in r for r in rows)
+    assert (root / "out" / "results.md").read_text().count("| yes ") == 5
 
 
 @pytest.mark.parametrize("target", ["host", "host2"])
@@ -61,6 +63,12 @@ def test_contract_files(project, target, model):
     assert f"int32_t {model}_run(const {model}_inputs_t* inputs, {model}_outputs_t* outputs)" in (
         d / f"{model}.h").read_text()
     assert "crtforge-registry" in (d / "run.log").read_text()
+
+
+def test_kernel_workspace_comes_from_the_arena(project):
+    d = project[0] / "out" / "host" / "convtranspose2d"
+    assert "crtforge_workspace_init(&convtranspose2d_arena[" in (d / "executor.c").read_text()
+    assert fsutil.read_json(d / "test.json")["passed"] is True
 
 
 def test_outputs_match_the_onnx_expected_data(project):

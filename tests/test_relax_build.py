@@ -81,3 +81,15 @@ def test_not_a_model_file(tmp_path):
     truncated.write_bytes(CONV2D.read_bytes()[:100])
     with pytest.raises(importer.ModelImportError, match="trunc.onnx: TVM cannot import this model"):
         importer.load_relax(truncated)
+
+
+def test_workspace_is_planned_in_the_arena_for_its_call_only():
+    """ConvTranspose2d's kernel asks TVMBackendAllocWorkspace for its dilated and padded input."""
+    source = CONV2D.parent.parent / "convtranspose2d" / "model.onnx"
+    result = relax_build.build(source, "ct", {"kind": "c"})
+    [call] = [c for c in result.plan.calls if c.workspace is not None]
+    ws = result.plan.storages[call.workspace]
+    assert (ws.first, ws.last) == (call.step, call.step)
+    assert ws.nbytes == 2560 + 3712  # 2508 and 3696 bytes, each padded to 64
+    assert result.kernels_source.count("TVMBackendAllocWorkspace(") == 2
+    assert_valid(result.plan.storages, result.plan.arena_bytes)
