@@ -129,6 +129,43 @@ def emit_metadata_c(registry: Registry, gen: GeneratedFrom) -> str:
     return _env().get_template("metadata.c.j2").render(registry=registry, gen=gen)
 
 
+def names_blob(registry: Registry) -> bytes:
+    n = len(registry.functions)
+    return bytes([n & 0xFF, n >> 8]) + b"".join(f.name.encode() + b"\0" for f in registry.functions)
+
+
+def _llvm_string(data: bytes) -> str:
+    return "".join(chr(b) if 32 <= b < 127 and chr(b) not in '"\\' else f"\\{b:02X}" for b in data)
+
+
+def emit_metadata_ll(registry: Registry, gen: GeneratedFrom, target_json: dict[str, Any]) -> str:
+    """The registry as textual LLVM IR for the target: TVM's LLVM supplies the data layout, triple and the
+    `tvm_target` flag, so the object it compiles carries exactly the kernels' attributes (float ABI...)."""
+    import tvm
+
+    target = tvm.target.Target(target_json)
+    skeleton = tvm.get_global_func("codegen.LLVMModuleCreate")(str(target), "metadata").inspect_source("ll")
+    head, sep, flags = skeleton.partition("!llvm.module.flags")
+    if not sep:
+        raise CodegenError(f"TVM's LLVM module for {target} has no module flags: {skeleton[:200]}")
+    blob = names_blob(registry)
+    return _env().get_template("metadata.ll.j2").render(
+        registry=registry, gen=gen, llvm_header=head.rstrip() + "\n", llvm_flags=(sep + flags).strip(),
+        names_bytes=len(blob), names_blob=_llvm_string(blob))
+
+
+def compile_ll(ll: Path, obj: Path) -> None:
+    """Compile textual LLVM IR to an object with TVM's own LLVM (no other compiler involved)."""
+    import tvm
+
+    tmp = obj.with_name(f".{obj.name}.tmp.o")
+    try:
+        tvm.runtime.load_module(str(ll)).write_to_file(str(tmp))
+        tmp.replace(obj)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def emit_header(plan: Plan, sig: ModelSignature, prefix: str, gen: GeneratedFrom) -> str:
     return _env().get_template("model.h.j2").render(plan=plan, sig=sig, p=prefix, P=prefix.upper(), gen=gen)
 
@@ -198,8 +235,9 @@ def emit_executor(plan: Plan, params: dict[str, np.ndarray], sig: ModelSignature
 
 
 def run_codegen(plan_json: Path, params_npz: Path, classification_json: Path, import_json: Path,
-                prefix: str, gen: GeneratedFrom, out_dir: Path) -> None:
-    """Write metadata.c, executor.c and the model header into `out_dir`."""
+                prefix: str, gen: GeneratedFrom, target_json: dict[str, Any], out_dir: Path) -> None:
+    """Write the metadata module (metadata.c, or metadata.ll and metadata.o), executor.c and the model
+    header into `out_dir`."""
     from tasks.classify import ModuleRecord, classify
 
     plan = Plan.from_dict(fsutil.read_json(plan_json))
@@ -210,6 +248,10 @@ def run_codegen(plan_json: Path, params_npz: Path, classification_json: Path, im
     missing = sorted(set(plan.kernels) - {f.name for f in registry.functions})
     if missing:
         raise CodegenError(f"kernels called by the plan but defined by no module: {', '.join(missing)}")
-    fsutil.write_text(out_dir / "metadata.c", emit_metadata_c(registry, gen))
+    if target_json["kind"] == "llvm":
+        fsutil.write_text(out_dir / "metadata.ll", emit_metadata_ll(registry, gen, target_json))
+        compile_ll(out_dir / "metadata.ll", out_dir / "metadata.o")
+    else:
+        fsutil.write_text(out_dir / "metadata.c", emit_metadata_c(registry, gen))
     fsutil.write_text(out_dir / "executor.c", emit_executor(plan, params, sig, prefix, gen))
     fsutil.write_text(out_dir / gen.header, emit_header(plan, sig, prefix, gen))

@@ -17,7 +17,10 @@ from tasks.naming import c_identifier, is_valid_name
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 TOOLCHAIN_DIR = PROJECT_ROOT / "toolchains"
 
-BACKENDS = ("c",)
+BACKENDS = ("c", "llvm")
+# Per backend: the kernels file the build stage writes, and the metadata module files codegen writes.
+KERNELS_FILE = {"c": "kernels.c", "llvm": "kernels.o"}
+METADATA_FILES = {"c": ("metadata.c",), "llvm": ("metadata.ll", "metadata.o")}
 RUNNERS = ("native",)
 MODEL_SUFFIXES = (".onnx", ".tflite")
 

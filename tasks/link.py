@@ -130,8 +130,43 @@ def library_sizes(objects: list[Path]) -> dict[str, int]:
     return {**sizes, "flash": sizes["text"] + sizes["rodata"] + sizes["data"], "ram": sizes["data"] + sizes["bss"]}
 
 
-def run_link(toolchain: Toolchain, model_dir: Path, prefix: str, sig: ModelSignature, inputs_npz: Path,
-             registry_count: int, arena_bytes: int, gen: GeneratedFrom) -> LinkOutputs:
+def defined_symbols(obj: Path) -> set[str]:
+    """Global (not weak) symbols that an object file defines."""
+    from elftools.elf.elffile import ELFFile
+    from elftools.elf.sections import SymbolTableSection
+
+    names = set()
+    with open(obj, "rb") as f:
+        for sec in ELFFile(f).iter_sections():
+            if isinstance(sec, SymbolTableSection):
+                for sym in sec.iter_symbols():
+                    if sym["st_info"]["bind"] == "STB_GLOBAL" and sym["st_shndx"] != "SHN_UNDEF":
+                        names.add(sym.name)
+    return names
+
+
+def check_duplicate_symbols(objects: list[Path]) -> None:
+    """Two objects defining one symbol would make the link fail (or pick one silently): name both."""
+    owner: dict[str, Path] = {}
+    for obj in objects:
+        for name in sorted(defined_symbols(obj)):
+            if name in owner:
+                raise CompileError(f"duplicate symbol '{name}': defined in {owner[name].name} and {obj.name}")
+            owner[name] = obj
+
+
+def _library_sources(model_dir: Path, backend: str) -> list[tuple[Path, tuple[str, ...] | None]]:
+    """(file, warnings) for the library: C to compile with those warnings, or an object (None) to take as is."""
+    generated: list[tuple[Path, tuple[str, ...] | None]]
+    if backend == "llvm":
+        generated = [(model_dir / "kernels.o", None), (model_dir / "metadata.o", None)]
+    else:
+        generated = [(model_dir / "kernels.c", KERNEL_WARNINGS), (model_dir / "metadata.c", OWN_WARNINGS)]
+    return generated + [(model_dir / "executor.c", OWN_WARNINGS), *[(s, OWN_WARNINGS) for s in CRT_LIBRARY_SOURCES]]
+
+
+def run_link(toolchain: Toolchain, backend: str, model_dir: Path, prefix: str, sig: ModelSignature,
+             inputs_npz: Path, registry_count: int, arena_bytes: int, gen: GeneratedFrom) -> LinkOutputs:
     """Compile everything in `model_dir`, archive lib<prefix>.a, link program.elf, write sizes.json."""
     obj_dir = model_dir / "obj"
     includes = [model_dir, CRT_INCLUDE]
@@ -139,12 +174,14 @@ def run_link(toolchain: Toolchain, model_dir: Path, prefix: str, sig: ModelSigna
                       emit_harness(sig, fsutil.load_npz(inputs_npz), prefix, registry_count, gen))
 
     library_objects = []
-    for src, warnings in [(model_dir / "kernels.c", KERNEL_WARNINGS), (model_dir / "metadata.c", OWN_WARNINGS),
-                          (model_dir / "executor.c", OWN_WARNINGS),
-                          *[(s, OWN_WARNINGS) for s in CRT_LIBRARY_SOURCES]]:
+    for src, warnings in _library_sources(model_dir, backend):
+        if warnings is None:
+            library_objects.append(src)
+            continue
         obj = _object(obj_dir, src)
         compile_c(toolchain, src, obj, includes, warnings)
         library_objects.append(obj)
+    check_duplicate_symbols(library_objects)
     library = model_dir / f"lib{prefix}.a"
     archive(toolchain, library_objects, library)
 
@@ -166,9 +203,14 @@ def _object(obj_dir: Path, source: Path) -> Path:
     return obj_dir / (f"crt_{source.stem}.o" if CRT_DIR in source.parents else f"{source.stem}.o")
 
 
-def link_targets(model_dir: Path, prefix: str) -> list[Path]:
+def link_sources(model_dir: Path, backend: str) -> list[Path]:
+    """Every file of `model_dir` that run_link reads, for doit's `file_dep`."""
+    return [src for src, _ in _library_sources(model_dir, backend) if CRT_DIR not in src.parents]
+
+
+def link_targets(model_dir: Path, prefix: str, backend: str) -> list[Path]:
     """Every file run_link writes, for doit's `targets`."""
-    sources = [model_dir / n for n in ("kernels.c", "metadata.c", "executor.c", "harness.c")]
-    sources += [*CRT_LIBRARY_SOURCES, *CRT_HARNESS_SOURCES]
-    return [model_dir / "harness.c", *[_object(model_dir / "obj", s) for s in sources], model_dir / f"lib{prefix}.a",
-            model_dir / "program.elf", model_dir / "sizes.json"]
+    compiled = [src for src, warnings in _library_sources(model_dir, backend) if warnings is not None]
+    compiled += [model_dir / "harness.c", *CRT_HARNESS_SOURCES]
+    return [model_dir / "harness.c", *[_object(model_dir / "obj", s) for s in compiled],
+            model_dir / f"lib{prefix}.a", model_dir / "program.elf", model_dir / "sizes.json"]

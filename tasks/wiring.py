@@ -16,7 +16,8 @@ from typing import Any, Callable, Iterator
 from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
-from tasks.config import PROJECT_ROOT, ConfigError, ModelConfig, Pipeline, TargetConfig, load_pipeline
+from tasks.config import (KERNELS_FILE, METADATA_FILES, PROJECT_ROOT, ConfigError, ModelConfig, Pipeline,
+                          TargetConfig, load_pipeline)
 
 TASKS_DIR = Path(__file__).resolve().parent
 TEMPLATES = TASKS_DIR / "templates"
@@ -82,14 +83,14 @@ class PairFiles:
     """Every file of one (model, target) pair under out/<target>/<model>/."""
     dir: Path
     prefix: str
-
-    def __getattr__(self, name: str) -> Path:  # pragma: no cover - attribute names are listed below
-        raise AttributeError(name)
+    backend: str
 
     @property
     def import_json(self) -> Path: return self.dir / "import.json"
     @property
-    def kernels_c(self) -> Path: return self.dir / "kernels.c"
+    def kernels(self) -> Path: return self.dir / KERNELS_FILE[self.backend]
+    @property
+    def metadata(self) -> list[Path]: return [self.dir / n for n in METADATA_FILES[self.backend]]
     @property
     def plan_json(self) -> Path: return self.dir / "plan.json"
     @property
@@ -98,8 +99,6 @@ class PairFiles:
     def modules_json(self) -> Path: return self.dir / "modules.json"
     @property
     def classification_json(self) -> Path: return self.dir / "classification.json"
-    @property
-    def metadata_c(self) -> Path: return self.dir / "metadata.c"
     @property
     def executor_c(self) -> Path: return self.dir / "executor.c"
     @property
@@ -117,7 +116,7 @@ class PairFiles:
 
 
 def pair_files(pipeline: Pipeline, model: ModelConfig, target: TargetConfig) -> PairFiles:
-    return PairFiles(pipeline.out / target.name / model.name, model.prefix)
+    return PairFiles(pipeline.out / target.name / model.name, model.prefix, target.backend)
 
 
 def reference_dir(pipeline: Pipeline, model: ModelConfig) -> Path:
@@ -182,7 +181,7 @@ def _do_codegen(model: ModelConfig, target: TargetConfig, f: PairFiles) -> None:
     from tasks.codegen import run_codegen
 
     run_codegen(f.plan_json, f.params_npz, f.classification_json, f.import_json, model.prefix,
-                _generated_from(model, target), f.dir)
+                _generated_from(model, target), target.tvm_target(), f.dir)
 
 
 def _do_link(model: ModelConfig, target: TargetConfig, f: PairFiles, inputs_npz: Path) -> None:
@@ -191,8 +190,8 @@ def _do_link(model: ModelConfig, target: TargetConfig, f: PairFiles, inputs_npz:
 
     registry = read_json(f.classification_json)["registry"]
     arena = read_json(f.plan_json)["arena_bytes"]
-    run_link(target.toolchain, f.dir, model.prefix, _signature(f.import_json), inputs_npz, len(registry), arena,
-             _generated_from(model, target))
+    run_link(target.toolchain, target.backend, f.dir, model.prefix, _signature(f.import_json), inputs_npz,
+             len(registry), arena, _generated_from(model, target))
 
 
 def _do_run(target: TargetConfig, f: PairFiles) -> None:
@@ -254,7 +253,7 @@ def relax_tasks(pipeline: Pipeline) -> Iterator[dict[str, Any]]:
                "actions": [_action(_do_build, model, target, f, pipeline.file)],
                "file_dep": [str(model.source), str(f.import_json)]
                + _stage("relax_build", "plan", "importer", "classify", "fsutil", "naming"),
-               "targets": [str(p) for p in (f.kernels_c, f.plan_json, f.params_npz, f.modules_json)],
+               "targets": [str(p) for p in (f.kernels, f.plan_json, f.params_npz, f.modules_json)],
                "uptodate": [config_changed({"prefix": model.prefix, "target": target.name,
                                             "tvm_target": target.tvm_target(), "tvm": _tvm_version()})],
                "clean": True}
@@ -277,15 +276,15 @@ def codegen_tasks(pipeline: Pipeline) -> Iterator[dict[str, Any]]:
                "file_dep": [str(p) for p in (f.plan_json, f.params_npz, f.classification_json, f.import_json,
                                              model.source)]
                + _stage("codegen", "plan", "classify", "importer", "fsutil")
-               + [str(TEMPLATES / t) for t in ("metadata.c.j2", "executor.c.j2", "model.h.j2")],
-               "targets": [str(p) for p in (f.metadata_c, f.executor_c, f.header)],
+               + [str(TEMPLATES / t) for t in ("metadata.c.j2", "metadata.ll.j2", "executor.c.j2", "model.h.j2")],
+               "targets": [str(p) for p in (*f.metadata, f.executor_c, f.header)],
                "uptodate": [config_changed({"model": model.name, "prefix": model.prefix, "target": target.name,
-                                            "tvm": _tvm_version()})],
+                                            "tvm_target": target.tvm_target(), "tvm": _tvm_version()})],
                "clean": True}
 
 
 def link_tasks(pipeline: Pipeline) -> Iterator[dict[str, Any]]:
-    from tasks.link import link_targets
+    from tasks.link import link_sources, link_targets
 
     for model, target in pipeline.pairs():
         f = pair_files(pipeline, model, target)
@@ -293,13 +292,13 @@ def link_tasks(pipeline: Pipeline) -> Iterator[dict[str, Any]]:
         yield {"name": _name(model, target),
                "doc": "compile & link lib<model>.a and the test program with the target's toolchain",
                "actions": [_action(_do_link, model, target, f, inputs_npz)],
-               "file_dep": [str(p) for p in (f.kernels_c, f.metadata_c, f.executor_c, f.header, f.import_json,
+               "file_dep": [str(p) for p in (*link_sources(f.dir, target.backend), f.header, f.import_json,
                                              f.plan_json, f.classification_json, inputs_npz,
                                              target.toolchain.file)]
                + CRT_FILES + _stage("link", "codegen", "fsutil") + [str(TEMPLATES / "harness.c.j2")],
-               "targets": [str(p) for p in link_targets(f.dir, model.prefix)],
+               "targets": [str(p) for p in link_targets(f.dir, model.prefix, target.backend)],
                "uptodate": [config_changed({"toolchain": target.toolchain.settings(), "model": model.name,
-                                            "target": target.name})],
+                                            "target": target.name, "backend": target.backend})],
                "clean": True}
 
 

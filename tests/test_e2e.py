@@ -11,16 +11,19 @@ import pytest
 from conftest import CONV2D, CONVT, SINE, host_target, run_doit
 from tasks import fsutil
 
-PAIR_FILES = ("import.json", "kernels.c", "plan.json", "classification.json", "metadata.c", "executor.c",
-              "program.elf", "outputs.npz", "test.json")
+PAIR_FILES = ("import.json", "plan.json", "classification.json", "executor.c", "program.elf", "outputs.npz",
+              "test.json")
 
 
-def pipeline_text(conv_dir, host2_extra: str = "") -> str:
-    """Three models on `host`; `host2` builds two of them. ConvTranspose2d needs kernel workspace."""
+BACKENDS = {"host": "c", "host-llvm": "llvm"}
+
+
+def pipeline_text(conv_dir, llvm_extra: str = "") -> str:
+    """Three models on the host with either backend. ConvTranspose2d needs kernel workspace."""
     return (f'[models.sine]\nsource = "{SINE}"\n'
             f'[models.conv2d]\nsource = "{conv_dir}/model.onnx"\nexpected = "{conv_dir}/test_data_set_0"\n'
             f'[models.convtranspose2d]\nsource = "{CONVT}/model.onnx"\nexpected = "{CONVT}/test_data_set_0"\n'
-            + host_target("host") + host_target("host2", 'models = ["sine", "conv2d"]\n' + host2_extra))
+            + host_target("host") + host_target("host-llvm", llvm_extra).replace('"c"', '"llvm"'))
 
 
 @pytest.fixture(scope="module")
@@ -40,23 +43,32 @@ def project(tmp_path_factory):
 def test_every_pair_passes_and_the_table_says_so(project):
     root, _, test = project
     rows = [line for line in test.stdout.splitlines() if line.startswith("| host")]
-    assert len(rows) == 5 and all("| yes " in r for r in rows)
-    assert (root / "out" / "results.md").read_text().count("| yes ") == 5
+    assert len(rows) == 6 and all("| yes " in r for r in rows)
+    assert (root / "out" / "results.md").read_text().count("| yes ") == 6
 
 
-@pytest.mark.parametrize("target", ["host", "host2"])
-@pytest.mark.parametrize("model", ["sine", "conv2d"])
+MODELS = ["sine", "conv2d", "convtranspose2d"]
+
+
+@pytest.mark.parametrize("target", sorted(BACKENDS))
+@pytest.mark.parametrize("model", MODELS)
 def test_contract_files(project, target, model):
     d = project[0] / "out" / target / model
-    for name in PAIR_FILES + (f"{model}.h", f"lib{model}.a"):
+    generated = ("kernels.c", "metadata.c") if BACKENDS[target] == "c" else ("kernels.o", "metadata.ll", "metadata.o")
+    for name in PAIR_FILES + generated + (f"{model}.h", f"lib{model}.a"):
         assert (d / name).is_file(), name
     result = fsutil.read_json(d / "test.json")
     assert result["passed"] is True
     assert {"passed", "max_abs_error", "max_rel_error", "reference"} <= set(result)
     assert result["max_abs_error"] <= 1e-5
-    metadata = (d / "metadata.c").read_text()
-    assert "const TVMModule* TVMSystemLibEntryPoint(void)" in metadata
-    assert f"extern int32_t __tvm_ffi_{model}_" in metadata
+    if BACKENDS[target] == "c":
+        metadata = (d / "metadata.c").read_text()
+        assert "const TVMModule* TVMSystemLibEntryPoint(void)" in metadata
+        assert f"extern int32_t __tvm_ffi_{model}_" in metadata
+    else:
+        metadata = (d / "metadata.ll").read_text()
+        assert "define ptr @TVMSystemLibEntryPoint()" in metadata
+        assert f"declare i32 @__tvm_ffi_{model}_" in metadata
     executor = (d / "executor.c").read_text()
     assert f"static uint8_t {model}_arena[{model.upper()}_ARENA_BYTES]" in executor
     assert "malloc" not in executor and "static const float" in executor
@@ -69,6 +81,16 @@ def test_kernel_workspace_comes_from_the_arena(project):
     d = project[0] / "out" / "host" / "convtranspose2d"
     assert "crtforge_workspace_init(&convtranspose2d_arena[" in (d / "executor.c").read_text()
     assert fsutil.read_json(d / "test.json")["passed"] is True
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_both_backends_give_the_same_outputs(project, model):
+    out = project[0] / "out"
+    c = fsutil.load_npz(out / "host" / model / "outputs.npz")
+    llvm = fsutil.load_npz(out / "host-llvm" / model / "outputs.npz")
+    assert c.keys() == llvm.keys()
+    for name in c:
+        np.testing.assert_allclose(llvm[name], c[name], rtol=1e-5, atol=1e-6)
 
 
 def test_outputs_match_the_onnx_expected_data(project):
@@ -87,12 +109,12 @@ def test_second_build_runs_nothing(project):
 
 def test_editing_one_target_reruns_only_that_target(project):
     root, pipeline, _ = project
-    pipeline.write_text(pipeline_text(root / "conv2d", 'tvm = {mcpu = "native"}'))
+    pipeline.write_text(pipeline_text(root / "conv2d", 'tvm = {opt-level = 2}'))
     rebuilt = run_doit(pipeline, "build")
     assert rebuilt.returncode == 0, rebuilt.stdout + rebuilt.stderr
     executed = rebuilt.executed()
-    assert "relax:host2/sine" in executed and "relax:host2/conv2d" in executed
-    assert all("host2/" in t for t in executed), executed
+    assert {"relax:host-llvm/sine", "relax:host-llvm/conv2d", "codegen:host-llvm/sine"} <= set(executed)
+    assert all("host-llvm/" in t for t in executed), executed
 
 
 def test_changing_a_model_file_reruns_only_its_pairs(project):
@@ -104,7 +126,7 @@ def test_changing_a_model_file_reruns_only_its_pairs(project):
     rebuilt = run_doit(pipeline, "build")
     assert rebuilt.returncode == 0, rebuilt.stdout + rebuilt.stderr
     executed = rebuilt.executed()
-    assert {"relax:host/conv2d", "relax:host2/conv2d", "reference:conv2d"} <= set(executed)
+    assert {"relax:host/conv2d", "relax:host-llvm/conv2d", "reference:conv2d"} <= set(executed)
     assert all("conv2d" in t for t in executed), executed
 
 

@@ -80,3 +80,9 @@ int TVMBackendFreeWorkspace(int device_type, int device_id, void* ptr) {
   crtforge_pool_top = (size_t)(p - crtforge_pool_base);
   return 0;
 }
+
+/* TVM's LLVM kernels call the workspace functions through these pointers, which kernels.o defines weak
+ * and null (a dlopen-ed library would have them filled in at load time). Defined strongly here, the
+ * static link resolves them to the functions above; C kernels call the functions directly. */
+void* (*__TVMBackendAllocWorkspace)(int, int, uint64_t, int, int) = TVMBackendAllocWorkspace;
+int (*__TVMBackendFreeWorkspace)(int, int, void*) = TVMBackendFreeWorkspace;
