@@ -4,7 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(python3 python3-venv gcc libc6-dev binutils make)
+# Compilers and emulators for every toolchain in toolchains/ and board in boards/.
+APT_PACKAGES=(python3 python3-venv gcc libc6-dev binutils make
+  gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm
+  gcc-aarch64-linux-gnu libc6-dev-arm64-cross gcc-riscv64-linux-gnu libc6-dev-riscv64-cross qemu-user
+  clang lld llvm)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
@@ -14,7 +18,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   echo "install: apt packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq "${missing[@]}" >/dev/null
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 # The stamp records which requirements the venv was built from, so a rerun skips pip.

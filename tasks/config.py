@@ -16,12 +16,14 @@ from tasks.naming import c_identifier, is_valid_name
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 TOOLCHAIN_DIR = PROJECT_ROOT / "toolchains"
+BOARD_DIR = PROJECT_ROOT / "boards"
 
 BACKENDS = ("c", "llvm")
+# A board's kind decides how its programs run and how they are linked.
+BOARD_RUNNERS = {"host": "native", "linux": "qemu-user", "bare-metal": "qemu-system"}
 # Per backend: the kernels file the build stage writes, and the metadata module files codegen writes.
 KERNELS_FILE = {"c": "kernels.c", "llvm": "kernels.o"}
 METADATA_FILES = {"c": ("metadata.c",), "llvm": ("metadata.ll", "metadata.o")}
-RUNNERS = ("native",)
 MODEL_SUFFIXES = (".onnx", ".tflite")
 
 
@@ -56,6 +58,41 @@ class Toolchain:
 
 
 @dataclass(frozen=True)
+class Memory:
+    """A bare-metal board's memory map, and what the program reserves of its RAM."""
+    flash_origin: int
+    flash_size: int
+    ram_origin: int
+    ram_size: int
+    stack_size: int
+    heap_size: int
+
+
+@dataclass(frozen=True)
+class Board:
+    name: str
+    file: Path
+    description: str
+    kind: str  # "host", "linux" or "bare-metal"
+    triple: str  # LLVM target triple ("" on the host: TVM's default)
+    cpu: str  # TVM's mcpu ("" when not stated)
+    cflags: tuple[str, ...]  # CPU and ABI flags every compile and link uses
+    ldflags: tuple[str, ...]
+    run: tuple[str, ...]  # argv; "{program}" stands for the linked program
+    debian_package: str  # provides run[0]
+    memory: Memory | None  # bare-metal only
+
+    @property
+    def runner(self) -> str:
+        return BOARD_RUNNERS[self.kind]
+
+    def settings(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "triple": self.triple, "cpu": self.cpu,
+                "cflags": list(self.cflags), "ldflags": list(self.ldflags), "run": list(self.run),
+                "memory": None if self.memory is None else vars(self.memory)}
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     name: str
     prefix: str  # C prefix of every symbol generated for this model
@@ -81,18 +118,54 @@ class TargetConfig:
     name: str
     backend: str
     toolchain: Toolchain
-    runner: str
-    tvm: dict[str, Any]  # extra TVM target attributes, e.g. {"mcpu": "cortex-m4"}
+    board: Board
+    tvm: dict[str, Any]  # extra TVM target attributes, e.g. {"mfloat-abi": "hard"}
     models: tuple[str, ...]
     timeout: float  # seconds one run of the test program may take
 
+    @property
+    def runner(self) -> str:
+        return self.board.runner
+
     def tvm_target(self) -> dict[str, Any]:
-        """The TVM target as the JSON dict that tvm.target.Target accepts."""
-        return {"kind": self.backend, **self.tvm}
+        """The TVM target as the JSON dict that tvm.target.Target accepts: for the llvm backend the
+        board's triple and CPU, then the target's own `tvm` options."""
+        return tvm_target(self.backend, self.board, self.tvm)
+
+    def cflags(self) -> list[str]:
+        """Compile flags: the toolchain's, then the board's CPU and ABI flags."""
+        return [f.replace("{triple}", self.board.triple) for f in (*self.toolchain.cflags, *self.board.cflags)]
+
+    def ldflags(self) -> list[str]:
+        return [f.replace("{triple}", self.board.triple) for f in (*self.toolchain.ldflags, *self.board.ldflags)]
 
     def settings(self) -> dict[str, Any]:
         return {"name": self.name, "backend": self.backend, "toolchain": self.toolchain.name,
-                "runner": self.runner, "tvm": self.tvm, "timeout": self.timeout}
+                "board": self.board.name, "tvm": self.tvm, "timeout": self.timeout}
+
+
+def tvm_target(backend: str, board: Board, options: dict[str, Any]) -> dict[str, Any]:
+    target: dict[str, Any] = {"kind": backend}
+    if backend == "llvm":
+        if board.triple:
+            target["mtriple"] = board.triple
+        if board.cpu:
+            target["mcpu"] = board.cpu
+    return {**target, **options}
+
+
+def _flag_values(flags: list[str], prefix: str) -> set[str]:
+    return {f[len(prefix):] for f in flags if f.startswith(prefix)}
+
+
+def tvm_float_abi(target: dict[str, Any]) -> str | None:
+    """'hard' or 'soft' calling convention of code TVM's LLVM generates for `target`; None off Arm."""
+    triple = str(target.get("mtriple", ""))
+    if not triple.startswith(("arm", "thumb")):
+        return None
+    if "mfloat-abi" in target:
+        return "hard" if target["mfloat-abi"] == "hard" else "soft"
+    return "hard" if triple.endswith("hf") else "soft"
 
 
 @dataclass(frozen=True)
@@ -102,6 +175,7 @@ class Pipeline:
     models: dict[str, ModelConfig]
     targets: dict[str, TargetConfig]
     toolchains: dict[str, Toolchain] = field(default_factory=dict)
+    boards: dict[str, Board] = field(default_factory=dict)
 
     def pairs(self) -> list[tuple[ModelConfig, TargetConfig]]:
         """Every (model, target) pair to build, in file order."""
@@ -170,6 +244,77 @@ def load_toolchain(name: str, toolchain_dir: Path = TOOLCHAIN_DIR) -> Toolchain:
                      libs=tuple(data.get("libs", [])), debian_package=data["debian_package"])
 
 
+def _known(directory: Path) -> list[str]:
+    return sorted(p.stem for p in directory.glob("*.toml"))
+
+
+def load_board(name: str, board_dir: Path = BOARD_DIR) -> Board:
+    path = board_dir / f"{name}.toml"
+    data = _read_toml(path, "", "board file")
+    _check_keys(path, "", data, {"description": str, "kind": str, "triple": str, "cpu": str, "cflags": list,
+                                  "ldflags": list, "run": list, "debian_package": str, "memory": dict},
+                required=("kind", "run", "debian_package"))
+    if data["kind"] not in BOARD_RUNNERS:
+        raise ConfigError(path, "kind", f"unknown board kind '{data['kind']}'.",
+                          f"use one of: {', '.join(BOARD_RUNNERS)}")
+    for k in ("cflags", "ldflags", "run"):
+        if not all(isinstance(x, str) for x in data.get(k, [])):
+            raise ConfigError(path, k, "expected a list of strings.")
+    if "{program}" not in data["run"]:
+        raise ConfigError(path, "run", "the command must contain \"{program}\", the program to run.")
+    memory = None
+    if data["kind"] == "bare-metal":
+        if "memory" not in data:
+            raise ConfigError(path, "memory", "a bare-metal board needs its memory map.",
+                              "add [memory] with flash_origin, flash_size, ram_origin, ram_size, stack_size, "
+                              "heap_size")
+        keys = ("flash_origin", "flash_size", "ram_origin", "ram_size", "stack_size", "heap_size")
+        _check_keys(path, "memory", data["memory"], {k: int for k in keys}, required=keys)
+        memory = Memory(**data["memory"])
+    return Board(name=name, file=path, description=data.get("description", ""), kind=data["kind"],
+                 triple=data.get("triple", ""), cpu=data.get("cpu", ""), cflags=tuple(data.get("cflags", [])),
+                 ldflags=tuple(data.get("ldflags", [])), run=tuple(data["run"]),
+                 debian_package=data["debian_package"], memory=memory)
+
+
+def _load_named(file: Path, key: str, name: str, what: str, directory: Path, cache: dict, loader) -> Any:
+    """A toolchain or board by name, from `directory`/<name>.toml, loaded once per pipeline."""
+    if name not in cache:
+        known = _known(directory)
+        if name not in known:
+            near = difflib.get_close_matches(name, known, n=1)
+            raise ConfigError(file, key, f"unknown {what} '{name}'.",
+                              (f"did you mean '{near[0]}'? " if near else "")
+                              + f"{what}s are the files in {directory}: {', '.join(known)}")
+        cache[name] = loader(name, directory)
+    return cache[name]
+
+
+def _check_abi(file: Path, key: str, target: TargetConfig) -> None:
+    """The TVM target, the board and the toolchain must agree on CPU and float ABI: a mix links (lld) or
+    fails late (GNU ld), and a silent soft/hard mix passes floats in the wrong registers."""
+    flags = target.cflags()
+    abis = _flag_values(flags, "-mfloat-abi=")
+    compiler_abi = None if not abis else ("hard" if abis == {"hard"} else "soft" if "hard" not in abis else "mixed")
+    if compiler_abi == "mixed":
+        raise ConfigError(file, key, f"float ABI mismatch: the toolchain and board flags say "
+                          f"{', '.join('-mfloat-abi=' + a for a in sorted(abis))}.",
+                          f"make {target.toolchain.file.name} and {target.board.file.name} agree")
+    if target.backend != "llvm":
+        return
+    tvm = target.tvm_target()
+    tvm_abi = tvm_float_abi(tvm)
+    if tvm_abi is not None and compiler_abi is not None and tvm_abi != compiler_abi:
+        raise ConfigError(file, f"{key}.tvm", f"float ABI mismatch: TVM generates {tvm_abi}-float calls for "
+                          f"{tvm.get('mtriple')} (mfloat-abi {tvm.get('mfloat-abi', 'from the triple')}), the "
+                          f"compiler flags say -mfloat-abi={'/'.join(sorted(abis))}.",
+                          "set the same float ABI in the target's tvm options and the board's cflags")
+    cpus = _flag_values(flags, "-mcpu=")
+    if "mcpu" in tvm and cpus and cpus != {tvm["mcpu"]}:
+        raise ConfigError(file, f"{key}.tvm", f"CPU mismatch: TVM compiles for mcpu '{tvm['mcpu']}', the compiler "
+                          f"flags say -mcpu={'/'.join(sorted(cpus))}.", "state one CPU")
+
+
 def _load_model(file: Path, name: str, table: Any) -> ModelConfig:
     key = f"models.{name}"
     if not isinstance(table, dict):
@@ -195,28 +340,24 @@ def _load_model(file: Path, name: str, table: Any) -> ModelConfig:
 
 
 def _load_target(file: Path, name: str, table: Any, models: dict[str, ModelConfig],
-                 toolchains: dict[str, Toolchain], toolchain_dir: Path) -> TargetConfig:
+                 toolchains: dict[str, Toolchain], boards: dict[str, Board], toolchain_dir: Path,
+                 board_dir: Path) -> TargetConfig:
     key = f"targets.{name}"
     if not isinstance(table, dict):
         raise ConfigError(file, key, "expected a table.", f"write it as [{key}]")
-    _check_keys(file, key, table, {"backend": str, "toolchain": str, "runner": str, "tvm": dict,
+    _check_keys(file, key, table, {"backend": str, "toolchain": str, "board": str, "runner": str, "tvm": dict,
                                    "models": list, "timeout": (int, float)},
-                required=("backend", "toolchain", "runner"))
+                required=("backend", "toolchain"))
     if table["backend"] not in BACKENDS:
         raise ConfigError(file, f"{key}.backend", f"unknown backend '{table['backend']}'.",
                           f"use one of: {', '.join(BACKENDS)}")
-    if table["runner"] not in RUNNERS:
-        raise ConfigError(file, f"{key}.runner", f"unknown runner '{table['runner']}'.",
-                          f"use one of: {', '.join(RUNNERS)}")
-    tc_name = table["toolchain"]
-    if tc_name not in toolchains:
-        known = sorted(p.stem for p in toolchain_dir.glob("*.toml"))
-        if tc_name not in known:
-            near = difflib.get_close_matches(tc_name, known, n=1)
-            raise ConfigError(file, f"{key}.toolchain", f"unknown toolchain '{tc_name}'.",
-                              (f"did you mean '{near[0]}'? " if near else "")
-                              + f"toolchains are the files in {toolchain_dir}: {', '.join(known)}")
-        toolchains[tc_name] = load_toolchain(tc_name, toolchain_dir)
+    toolchain = _load_named(file, f"{key}.toolchain", table["toolchain"], "toolchain", toolchain_dir, toolchains,
+                            load_toolchain)
+    board = _load_named(file, f"{key}.board", table.get("board", "host"), "board", board_dir, boards, load_board)
+    # `runner` is implied by the board; stated, it must agree (pipelines written before boards state it).
+    if "runner" in table and table["runner"] != board.runner:
+        raise ConfigError(file, f"{key}.runner", f"board '{board.name}' runs programs with '{board.runner}', "
+                          f"not '{table['runner']}'.", f"remove {key}.runner or set it to '{board.runner}'")
     tvm_opts = table.get("tvm", {})
     if "kind" in tvm_opts:
         raise ConfigError(file, f"{key}.tvm.kind", "the TVM target kind comes from 'backend'.",
@@ -230,11 +371,13 @@ def _load_target(file: Path, name: str, table: Any, models: dict[str, ModelConfi
     timeout = float(table.get("timeout", 60))
     if timeout <= 0:
         raise ConfigError(file, f"{key}.timeout", "must be a positive number of seconds.")
-    return TargetConfig(name=name, backend=table["backend"], toolchain=toolchains[tc_name],
-                        runner=table["runner"], tvm=dict(tvm_opts), models=tuple(target_models), timeout=timeout)
+    target = TargetConfig(name=name, backend=table["backend"], toolchain=toolchain, board=board, tvm=dict(tvm_opts),
+                          models=tuple(target_models), timeout=timeout)
+    _check_abi(file, key, target)
+    return target
 
 
-def load_pipeline(path: Path | str, toolchain_dir: Path = TOOLCHAIN_DIR) -> Pipeline:
+def load_pipeline(path: Path | str, toolchain_dir: Path = TOOLCHAIN_DIR, board_dir: Path = BOARD_DIR) -> Pipeline:
     """Read and validate a pipeline file; raise ConfigError naming the file and key on any problem."""
     file = Path(path).resolve()
     data = _read_toml(file, "", "pipeline file")
@@ -260,12 +403,13 @@ def load_pipeline(path: Path | str, toolchain_dir: Path = TOOLCHAIN_DIR) -> Pipe
         raise ConfigError(file, "models", "no models defined.", "add a [models.NAME] table with a source")
 
     toolchains: dict[str, Toolchain] = {}
+    boards: dict[str, Board] = {}
     targets: dict[str, TargetConfig] = {}
     for name, table in data["targets"].items():
         if not is_valid_name(name):
             raise ConfigError(file, f"targets.{name}",
                               "a target name is a letter, then letters, digits, '_' or '-'.")
-        targets[name] = _load_target(file, name, table, models, toolchains, toolchain_dir)
+        targets[name] = _load_target(file, name, table, models, toolchains, boards, toolchain_dir, board_dir)
     if not targets:
         raise ConfigError(file, "targets", "no targets defined.", "add a [targets.NAME] table")
-    return Pipeline(file=file, out=out, models=models, targets=targets, toolchains=toolchains)
+    return Pipeline(file=file, out=out, models=models, targets=targets, toolchains=toolchains, boards=boards)

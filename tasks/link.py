@@ -1,27 +1,33 @@
 """Stage 5, compile & link: the model library `lib<model>.a` and a test program, with the target's toolchain.
 
-The library is what a user ships: kernels.c (TVM's), metadata.c and executor.c (ours), and the C
-runtime in crt/. The test program adds a generated harness with the pipeline's inputs compiled in.
+The library is what a user ships: the kernels (kernels.c, or TVM's kernels.o), the metadata module,
+executor.c, and the C runtime in crt/. The test program adds a generated harness with the pipeline's
+inputs compiled in; on a bare-metal board also our start-up code and a linker script generated from
+the board's memory map. A model that does not fit the board is refused with what it needs.
 """
 
 from __future__ import annotations
 
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import jinja2
 import numpy as np
 
 from tasks import fsutil
 from tasks.codegen import GeneratedFrom, _env, ctype, weight_lines
-from tasks.config import PROJECT_ROOT, Toolchain
+from tasks.config import PROJECT_ROOT, Board, TargetConfig, Toolchain
 from tasks.importer import ModelSignature
 
 CRT_DIR = PROJECT_ROOT / "crt"
 CRT_INCLUDE = CRT_DIR / "include"
 CRT_LIBRARY_SOURCES = (CRT_DIR / "src" / "crt.c", CRT_DIR / "src" / "registry.c")
 CRT_HARNESS_SOURCES = (CRT_DIR / "src" / "harness.c",)
+CORTEX_M_DIR = CRT_DIR / "boards" / "cortex-m"
+BARE_METAL_SOURCES = (CORTEX_M_DIR / "startup.c",)
+LINKER_SCRIPT_TEMPLATE = CORTEX_M_DIR / "link.ld.j2"
 
 # Our own C must compile clean.
 OWN_WARNINGS = ("-Wall", "-Wextra", "-Werror")
@@ -29,13 +35,16 @@ OWN_WARNINGS = ("-Wall", "-Wextra", "-Werror")
 #   unused-parameter: every packed function takes `self_handle` and `result`, and most use neither.
 KERNEL_WARNINGS = OWN_WARNINGS + ("-Wno-unused-parameter",)
 
+# For measuring what a program needs, the board's memories are linked as this large (never overlapping).
+_MEASURE_BYTES = 256 * 1024 * 1024
+
 
 class ToolchainError(Exception):
     """A tool the target's toolchain names is not installed."""
 
 
 class CompileError(Exception):
-    """The compiler or linker failed: names the file and shows its first lines of output."""
+    """The compiler or linker failed, or the program does not fit the board: names the file and what to do."""
 
 
 @dataclass(frozen=True)
@@ -60,12 +69,12 @@ def _run(argv: list[str], what: str) -> None:
         raise CompileError(f"{what} failed (exit {proc.returncode}): {' '.join(argv)}\n{detail}")
 
 
-def compile_c(toolchain: Toolchain, source: Path, obj: Path, include_dirs: list[Path],
+def compile_c(target: TargetConfig, source: Path, obj: Path, include_dirs: list[Path],
               warnings: tuple[str, ...] = OWN_WARNINGS) -> None:
-    cc = require_tool(toolchain, toolchain.cc)
+    cc = require_tool(target.toolchain, target.toolchain.cc)
     obj.parent.mkdir(parents=True, exist_ok=True)
     tmp = obj.with_name(f".{obj.name}.tmp")
-    argv = [cc, *toolchain.cflags, *warnings, *[f"-I{d}" for d in include_dirs], "-c", str(source), "-o", str(tmp)]
+    argv = [cc, *target.cflags(), *warnings, *[f"-I{d}" for d in include_dirs], "-c", str(source), "-o", str(tmp)]
     try:
         _run(argv, f"compiling {source.name}")
         tmp.replace(obj)
@@ -85,16 +94,29 @@ def archive(toolchain: Toolchain, objects: list[Path], library: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def link_program(toolchain: Toolchain, objects: list[Path], library: Path, program: Path) -> None:
-    cc = require_tool(toolchain, toolchain.cc)
+def link_program(target: TargetConfig, objects: list[Path], library: Path, program: Path,
+                 linker_script: Path | None = None) -> None:
+    cc = require_tool(target.toolchain, target.toolchain.cc)
     tmp = program.with_name(f".{program.name}.tmp")
-    argv = [cc, *toolchain.cflags, *toolchain.ldflags, *map(str, objects), str(library), *toolchain.libs,
-            "-o", str(tmp)]
+    script = ["-T", str(linker_script)] if linker_script else []
+    argv = [cc, *target.cflags(), *target.ldflags(), *script, *map(str, objects), str(library),
+            *target.toolchain.libs, "-o", str(tmp)]
     try:
         _run(argv, f"linking {program.name}")
         tmp.replace(program)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def linker_script(board: Board, memory_bytes: int | None = None) -> str:
+    """The board's linker script; `memory_bytes` overrides both memories' sizes (to measure a program)."""
+    mem = board.memory
+    assert mem is not None
+    template = jinja2.Template(LINKER_SCRIPT_TEMPLATE.read_text(), keep_trailing_newline=True,
+                               undefined=jinja2.StrictUndefined)
+    return template.render(board=board, flash_origin=mem.flash_origin, ram_origin=mem.ram_origin,
+                           flash_size=memory_bytes or mem.flash_size, ram_size=memory_bytes or mem.ram_size,
+                           stack_size=mem.stack_size, heap_size=mem.heap_size)
 
 
 def emit_harness(sig: ModelSignature, inputs: dict[str, np.ndarray], prefix: str, registry_count: int,
@@ -107,28 +129,65 @@ def emit_harness(sig: ModelSignature, inputs: dict[str, np.ndarray], prefix: str
                                                       registry_count=registry_count)
 
 
-def library_sizes(objects: list[Path]) -> dict[str, int]:
-    """Bytes of code, read-only data, data and bss in the library's objects (flash = text + rodata + data)."""
+# --- sizes ----------------------------------------------------------------------------------------------
+
+SIZE_KEYS = ("text", "rodata", "data", "bss", "heap", "stack")
+
+
+def section_sizes(elf_path: Path) -> dict[str, int]:
+    """Bytes per kind of allocated section. The board's reserved .heap and .stack are counted apart from bss;
+    flash = text + rodata + data (the initial values of data live in flash), ram = data + bss."""
     from elftools.elf.constants import SH_FLAGS
     from elftools.elf.elffile import ELFFile
 
-    sizes = {"text": 0, "rodata": 0, "data": 0, "bss": 0}
-    for obj in objects:
-        with open(obj, "rb") as f:
-            for sec in ELFFile(f).iter_sections():
-                flags = sec["sh_flags"]
-                if not flags & SH_FLAGS.SHF_ALLOC:
-                    continue
-                if sec["sh_type"] == "SHT_NOBITS":
-                    sizes["bss"] += sec["sh_size"]
-                elif flags & SH_FLAGS.SHF_EXECINSTR:
-                    sizes["text"] += sec["sh_size"]
-                elif flags & SH_FLAGS.SHF_WRITE:
-                    sizes["data"] += sec["sh_size"]
-                else:
-                    sizes["rodata"] += sec["sh_size"]
+    sizes = dict.fromkeys(SIZE_KEYS, 0)
+    with open(elf_path, "rb") as f:
+        for sec in ELFFile(f).iter_sections():
+            flags = sec["sh_flags"]
+            if not flags & SH_FLAGS.SHF_ALLOC:
+                continue
+            if sec.name in (".heap", ".stack"):
+                kind = sec.name[1:]
+            elif sec["sh_type"] == "SHT_NOBITS":
+                kind = "bss"
+            elif flags & SH_FLAGS.SHF_EXECINSTR:
+                kind = "text"
+            elif flags & SH_FLAGS.SHF_WRITE:
+                kind = "data"
+            else:
+                kind = "rodata"
+            sizes[kind] += sec["sh_size"]
     return {**sizes, "flash": sizes["text"] + sizes["rodata"] + sizes["data"], "ram": sizes["data"] + sizes["bss"]}
 
+
+def library_sizes(objects: list[Path]) -> dict[str, int]:
+    """The same split, summed over the library's objects (no libc, no start-up: what the model costs)."""
+    total = dict.fromkeys(SIZE_KEYS, 0)
+    for obj in objects:
+        for k, v in section_sizes(obj).items():
+            if k in total:
+                total[k] += v
+    return {**total, "flash": total["text"] + total["rodata"] + total["data"], "ram": total["data"] + total["bss"]}
+
+
+def check_fits(model: str, board: Board, sizes: dict[str, int], arena_bytes: int) -> None:
+    """Refuse a program whose flash or RAM (with the board's stack and heap) exceeds the board's."""
+    mem = board.memory
+    assert mem is not None
+    kib = lambda n: f"{n / 1024:.1f}"  # noqa: E731
+    ram_need = sizes["ram"] + mem.stack_size + mem.heap_size
+    if ram_need > mem.ram_size:
+        raise CompileError(f"model {model} needs {kib(ram_need)} KiB RAM, board {board.name} has {kib(mem.ram_size)} KiB "
+                           f"(arena {kib(arena_bytes)} KiB, other data and bss {kib(sizes['ram'] - arena_bytes)} KiB, "
+                           f"stack {kib(mem.stack_size)} KiB, heap {kib(mem.heap_size)} KiB). "
+                           "HINT: use a board with more RAM, or a smaller model")
+    if sizes["flash"] > mem.flash_size:
+        raise CompileError(f"model {model} needs {kib(sizes['flash'])} KiB flash, board {board.name} has "
+                           f"{kib(mem.flash_size)} KiB (code {kib(sizes['text'])} KiB, read-only data and weights "
+                           f"{kib(sizes['rodata'])} KiB). HINT: use a board with more flash, or a smaller model")
+
+
+# --- objects and symbols -------------------------------------------------------------------------------------
 
 def defined_symbols(obj: Path) -> set[str]:
     """Global (not weak) symbols that an object file defines."""
@@ -165,7 +224,17 @@ def _library_sources(model_dir: Path, backend: str) -> list[tuple[Path, tuple[st
     return generated + [(model_dir / "executor.c", OWN_WARNINGS), *[(s, OWN_WARNINGS) for s in CRT_LIBRARY_SOURCES]]
 
 
-def run_link(toolchain: Toolchain, backend: str, model_dir: Path, prefix: str, sig: ModelSignature,
+def _harness_sources(model_dir: Path, board: Board) -> list[Path]:
+    extra = list(BARE_METAL_SOURCES) if board.kind == "bare-metal" else []
+    return [model_dir / "harness.c", *CRT_HARNESS_SOURCES, *extra]
+
+
+def _object(obj_dir: Path, source: Path) -> Path:
+    """The object file for `source`; crt/ sources get a `crt_` prefix so they never clash with generated ones."""
+    return obj_dir / (f"crt_{source.stem}.o" if CRT_DIR in source.parents else f"{source.stem}.o")
+
+
+def run_link(target: TargetConfig, model: str, model_dir: Path, prefix: str, sig: ModelSignature,
              inputs_npz: Path, registry_count: int, arena_bytes: int, gen: GeneratedFrom) -> LinkOutputs:
     """Compile everything in `model_dir`, archive lib<prefix>.a, link program.elf, write sizes.json."""
     obj_dir = model_dir / "obj"
@@ -174,33 +243,47 @@ def run_link(toolchain: Toolchain, backend: str, model_dir: Path, prefix: str, s
                       emit_harness(sig, fsutil.load_npz(inputs_npz), prefix, registry_count, gen))
 
     library_objects = []
-    for src, warnings in _library_sources(model_dir, backend):
+    for src, warnings in _library_sources(model_dir, target.backend):
         if warnings is None:
             library_objects.append(src)
             continue
         obj = _object(obj_dir, src)
-        compile_c(toolchain, src, obj, includes, warnings)
+        compile_c(target, src, obj, includes, warnings)
         library_objects.append(obj)
     check_duplicate_symbols(library_objects)
     library = model_dir / f"lib{prefix}.a"
-    archive(toolchain, library_objects, library)
+    archive(target.toolchain, library_objects, library)
 
     harness_objects = []
-    for src in (model_dir / "harness.c", *CRT_HARNESS_SOURCES):
+    for src in _harness_sources(model_dir, target.board):
         obj = _object(obj_dir, src)
-        compile_c(toolchain, src, obj, includes)
+        compile_c(target, src, obj, includes)
         harness_objects.append(obj)
     program = model_dir / "program.elf"
-    link_program(toolchain, harness_objects, library, program)
+    script = None
+    if target.board.kind == "bare-metal":
+        # Link once with outsized memories to learn what the program needs, so that a model too big for the
+        # board is refused with figures rather than a linker's "region overflowed".
+        measure = model_dir / "measure.ld"
+        fsutil.write_text(measure, linker_script(target.board, _MEASURE_BYTES))
+        try:
+            link_program(target, harness_objects, library, program, measure)
+        finally:
+            measure.unlink(missing_ok=True)
+        try:
+            check_fits(model, target.board, section_sizes(program), arena_bytes)
+        except CompileError:
+            program.unlink()
+            raise
+        script = model_dir / "board.ld"
+        fsutil.write_text(script, linker_script(target.board))
+    link_program(target, harness_objects, library, program, script)
 
-    fsutil.write_json(model_dir / "sizes.json", {"library": library_sizes(library_objects),
-                                                 "arena_bytes": arena_bytes})
+    stack = target.board.memory.stack_size if target.board.memory else None
+    fsutil.write_json(model_dir / "sizes.json", {"program": section_sizes(program),
+                                                 "library": library_sizes(library_objects),
+                                                 "arena_bytes": arena_bytes, "stack_bytes": stack})
     return LinkOutputs(library=library, program=program)
-
-
-def _object(obj_dir: Path, source: Path) -> Path:
-    """The object file for `source`; crt/ sources get a `crt_` prefix so they never clash with generated ones."""
-    return obj_dir / (f"crt_{source.stem}.o" if CRT_DIR in source.parents else f"{source.stem}.o")
 
 
 def link_sources(model_dir: Path, backend: str) -> list[Path]:
@@ -208,9 +291,16 @@ def link_sources(model_dir: Path, backend: str) -> list[Path]:
     return [src for src, _ in _library_sources(model_dir, backend) if CRT_DIR not in src.parents]
 
 
-def link_targets(model_dir: Path, prefix: str, backend: str) -> list[Path]:
+def link_targets(model_dir: Path, prefix: str, backend: str, board: Board) -> list[Path]:
     """Every file run_link writes, for doit's `targets`."""
     compiled = [src for src, warnings in _library_sources(model_dir, backend) if warnings is not None]
-    compiled += [model_dir / "harness.c", *CRT_HARNESS_SOURCES]
-    return [model_dir / "harness.c", *[_object(model_dir / "obj", s) for s in compiled],
+    compiled += _harness_sources(model_dir, board)
+    script = [model_dir / "board.ld"] if board.kind == "bare-metal" else []
+    return [model_dir / "harness.c", *[_object(model_dir / "obj", s) for s in compiled], *script,
             model_dir / f"lib{prefix}.a", model_dir / "program.elf", model_dir / "sizes.json"]
+
+
+def board_with_memory(board: Board, **changes: int) -> Board:
+    """`board` with some memory sizes changed (e.g. a smaller RAM), for what-if checks and tests."""
+    assert board.memory is not None
+    return replace(board, memory=replace(board.memory, **changes))

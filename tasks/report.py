@@ -7,19 +7,22 @@ from typing import Any
 
 from tasks import fsutil
 
+# Sizes in bytes from the linked program's ELF (flash = text + rodata + data, RAM = data + bss; the arena is
+# part of bss, the stack is reserved apart on bare-metal boards) and, for the model alone, from its library.
 COLUMNS = ("target", "model", "passed", "max abs error", "max rel error", "reference", "flash B", "RAM B",
-           "arena B", "registry")
+           "arena B", "stack B", "model flash B", "registry")
 
 
 def row(target: str, model: str, test: dict[str, Any] | None, classification: dict[str, Any] | None) -> list[str]:
     if test is None:
-        return [target, model, "not run", "", "", "", "", "", "", ""]
-    lib = test["sizes"]["library"]
+        return [target, model, "not run"] + [""] * (len(COLUMNS) - 3)
+    sizes = test["sizes"]
     fmt = lambda x: "n/a" if x is None else f"{x:.2e}"  # noqa: E731
     counts = classification["counts"] if classification else {}
     return [target, model, "yes" if test["passed"] else "NO", fmt(test["max_abs_error"]),
-            fmt(test["max_rel_error"]), test["reference"], str(lib["flash"]), str(lib["ram"]),
-            str(test["sizes"]["arena_bytes"]),
+            fmt(test["max_rel_error"]), test["reference"], str(sizes["program"]["flash"]),
+            str(sizes["program"]["ram"]), str(sizes["arena_bytes"]),
+            "n/a" if sizes["stack_bytes"] is None else str(sizes["stack_bytes"]), str(sizes["library"]["flash"]),
             " ".join(f"{k}:{v}" for k, v in counts.items())]
 
 

@@ -6,6 +6,7 @@ The program prints `crtforge-output <index> <nbytes> <hex>` per output and `crtf
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from tasks import fsutil
+from tasks.config import Board
 from tasks.importer import ModelSignature
 
 
@@ -20,10 +22,13 @@ class RunError(Exception):
     """The test program did not run to completion: says how it ended."""
 
 
-def runner_argv(runner: str, program: Path) -> list[str]:
-    if runner == "native":
-        return [str(program)]
-    raise RunError(f"unknown runner '{runner}'.")
+def runner_argv(board: Board, program: Path) -> list[str]:
+    """The board's command with the program in place of "{program}"; its emulator must be installed."""
+    argv = [str(program) if a == "{program}" else a for a in board.run]
+    if board.runner != "native" and shutil.which(argv[0]) is None:
+        raise RunError(f"{board.file.name}: '{argv[0]}' is not installed (board '{board.name}'). "
+                       f"HINT: apt-get install {board.debian_package}")
+    return argv
 
 
 def parse_outputs(stdout: str, sig: ModelSignature) -> dict[str, np.ndarray]:
@@ -39,6 +44,8 @@ def parse_outputs(stdout: str, sig: ModelSignature) -> dict[str, np.ndarray]:
             found[index] = data
         elif parts[:1] == ["crtforge-error"]:
             raise RunError(f"the program reported: {line}")
+        elif parts[:1] == ["crtforge-fault"]:
+            raise RunError(f"the program crashed: {line}")
         elif parts[:1] == ["crtforge-done"]:
             done = True
     if not done:
@@ -54,21 +61,26 @@ def parse_outputs(stdout: str, sig: ModelSignature) -> dict[str, np.ndarray]:
     return outputs
 
 
-def run_program(runner: str, program: Path, sig: ModelSignature, timeout: float, out_npz: Path,
+def run_program(board: Board, program: Path, sig: ModelSignature, timeout: float, out_npz: Path,
                 log: Path) -> dict[str, np.ndarray]:
-    argv = runner_argv(runner, program)
+    argv = runner_argv(board, program)
+    where = f"on board '{board.name}' (runner '{board.runner}')"
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
-        raise RunError(f"{program.name} did not finish within {timeout:g} s (runner '{runner}'). "
-                       "HINT: raise the target's 'timeout' in pipeline.toml if the model is just slow.") from None
+        raise RunError(f"{program.name} did not finish within {timeout:g} s {where}: it hangs, or the model is "
+                       "slow. HINT: raise the target's 'timeout' in pipeline.toml if the model is just slow.") from None
     fsutil.write_text(log, f"$ {' '.join(argv)}\nexit {proc.returncode}\n--- stdout\n{proc.stdout}"
                            f"--- stderr\n{proc.stderr}")
+    # A fault handler's line may arrive on stderr (semihosting), and the exit status may not say it.
+    fault = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("crtforge-fault")]
+    if fault:
+        raise RunError(f"{program.name} crashed {where}: {fault[0]}; see {log.name}")
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-5:])
         how = (f"was killed by {signal.Signals(-proc.returncode).name}" if proc.returncode < 0
                else f"exited with status {proc.returncode}")
-        raise RunError(f"{program.name} {how} (runner '{runner}'); see {log.name}:\n{tail}")
+        raise RunError(f"{program.name} {how} {where}; see {log.name}:\n{tail}")
     outputs = parse_outputs(proc.stdout, sig)
     fsutil.save_npz(out_npz, outputs)
     return outputs

@@ -21,7 +21,7 @@ from tasks.config import (KERNELS_FILE, METADATA_FILES, PROJECT_ROOT, ConfigErro
 
 TASKS_DIR = Path(__file__).resolve().parent
 TEMPLATES = TASKS_DIR / "templates"
-CRT_FILES = sorted(str(p) for p in (PROJECT_ROOT / "crt").rglob("*") if p.suffix in (".c", ".h"))
+CRT_FILES = sorted(str(p) for p in (PROJECT_ROOT / "crt").rglob("*") if p.suffix in (".c", ".h", ".j2"))
 
 
 def _stage(*modules: str) -> list[str]:
@@ -190,14 +190,14 @@ def _do_link(model: ModelConfig, target: TargetConfig, f: PairFiles, inputs_npz:
 
     registry = read_json(f.classification_json)["registry"]
     arena = read_json(f.plan_json)["arena_bytes"]
-    run_link(target.toolchain, target.backend, f.dir, model.prefix, _signature(f.import_json), inputs_npz,
-             len(registry), arena, _generated_from(model, target))
+    run_link(target, model.name, f.dir, model.prefix, _signature(f.import_json), inputs_npz, len(registry), arena,
+             _generated_from(model, target))
 
 
 def _do_run(target: TargetConfig, f: PairFiles) -> None:
     from tasks.run import run_program
 
-    run_program(target.runner, f.program, _signature(f.import_json), target.timeout, f.outputs_npz, f.run_log)
+    run_program(target.board, f.program, _signature(f.import_json), target.timeout, f.outputs_npz, f.run_log)
 
 
 def _do_compare(model: ModelConfig, f: PairFiles, ref_dir: Path) -> None:
@@ -294,11 +294,11 @@ def link_tasks(pipeline: Pipeline) -> Iterator[dict[str, Any]]:
                "actions": [_action(_do_link, model, target, f, inputs_npz)],
                "file_dep": [str(p) for p in (*link_sources(f.dir, target.backend), f.header, f.import_json,
                                              f.plan_json, f.classification_json, inputs_npz,
-                                             target.toolchain.file)]
+                                             target.toolchain.file, target.board.file)]
                + CRT_FILES + _stage("link", "codegen", "fsutil") + [str(TEMPLATES / "harness.c.j2")],
-               "targets": [str(p) for p in link_targets(f.dir, model.prefix, target.backend)],
-               "uptodate": [config_changed({"toolchain": target.toolchain.settings(), "model": model.name,
-                                            "target": target.name, "backend": target.backend})],
+               "targets": [str(p) for p in link_targets(f.dir, model.prefix, target.backend, target.board)],
+               "uptodate": [config_changed({"toolchain": target.toolchain.settings(), "board": target.board.settings(),
+                                            "model": model.name, "target": target.name, "backend": target.backend})],
                "clean": True}
 
 
@@ -307,9 +307,10 @@ def run_tasks(pipeline: Pipeline) -> Iterator[dict[str, Any]]:
         f = pair_files(pipeline, model, target)
         yield {"name": _name(model, target), "doc": "run the test program with the target's runner",
                "actions": [_action(_do_run, target, f)],
-               "file_dep": [str(f.program), str(f.import_json)] + _stage("run", "fsutil"),
+               "file_dep": [str(f.program), str(f.import_json), str(target.board.file)] + _stage("run", "fsutil"),
                "targets": [str(f.outputs_npz), str(f.run_log)],
-               "uptodate": [config_changed({"runner": target.runner, "timeout": target.timeout})], "clean": True}
+               "uptodate": [config_changed({"board": target.board.settings(), "timeout": target.timeout})],
+               "clean": True}
 
 
 def compare_tasks(pipeline: Pipeline) -> Iterator[dict[str, Any]]:

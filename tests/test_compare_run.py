@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 
 from tasks.compare import compare_one
+from tasks.config import load_board
 from tasks.importer import ModelSignature, TensorSpec
 from tasks.run import RunError, parse_outputs, run_program
 
+HOST = load_board("host")
 SIG = ModelSignature(inputs=(), outputs=(TensorSpec("y", "output_0", (2,), "float32"),))
 
 
@@ -58,14 +60,14 @@ def script(tmp_path, body: str):
 
 def test_hang_is_stopped_by_the_timeout(tmp_path):
     program = script(tmp_path, "sleep 30\n")
-    with pytest.raises(RunError, match=r"did not finish within 0.5 s .*HINT: raise the target's 'timeout'"):
-        run_program("native", program, SIG, 0.5, tmp_path / "o.npz", tmp_path / "run.log")
+    with pytest.raises(RunError, match=r"did not finish within 0.5 s on board 'host' .*HINT: raise the target's 'timeout'"):
+        run_program(HOST, program, SIG, 0.5, tmp_path / "o.npz", tmp_path / "run.log")
     assert not (tmp_path / "o.npz").exists()
 
 
 def test_crash_reports_status_and_output(tmp_path):
     program = script(tmp_path, "echo 'crtforge-registry 1'\nkill -SEGV $$\n")
     with pytest.raises(RunError, match=r"(?s)was killed by SIGSEGV .*crtforge-registry 1"):
-        run_program("native", program, SIG, 10, tmp_path / "o.npz", tmp_path / "run.log")
+        run_program(HOST, program, SIG, 10, tmp_path / "o.npz", tmp_path / "run.log")
     assert not (tmp_path / "o.npz").exists()
     assert "exit -11" in (tmp_path / "run.log").read_text()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import CONV2D, CONV2D_DATA, SINE, host_target
-from tasks.config import ConfigError, load_pipeline, load_toolchain
+from conftest import CONV2D, CONV2D_DATA, ROOT, SINE, host_target
+from tasks.config import ConfigError, load_board, load_pipeline, load_toolchain
 
 GOOD_MODEL = f'[models.sine]\nsource = "{SINE}"\n'
 
@@ -94,7 +94,7 @@ def test_unknown_backend_and_runner(write_pipeline):
     e = load_error(write_pipeline, GOOD_MODEL + host_target().replace('"c"', '"cuda"'))
     assert e.key == "targets.host.backend" and "unknown backend 'cuda'" in str(e)
     e = load_error(write_pipeline, GOOD_MODEL + host_target().replace('"native"', '"jtag"'))
-    assert e.key == "targets.host.runner" and "unknown runner 'jtag'" in str(e)
+    assert e.key == "targets.host.runner" and "board 'host' runs programs with 'native', not 'jtag'" in str(e)
 
 
 def test_target_lists_an_unknown_model(write_pipeline):
@@ -135,3 +135,72 @@ def test_toolchain_file_is_validated(tmp_path):
 def test_shipped_host_toolchain():
     tc = load_toolchain("host-gcc")
     assert tc.cc == "gcc" and tc.debian_package == "gcc" and "-lm" in tc.libs
+
+
+def cross_target(name: str, backend: str, toolchain: str, board: str, extra: str = "") -> str:
+    return f'[targets.{name}]\nbackend = "{backend}"\ntoolchain = "{toolchain}"\nboard = "{board}"\n{extra}\n'
+
+
+def test_cortex_m4_target_derives_its_tvm_target(write_pipeline):
+    p = load_pipeline(write_pipeline(GOOD_MODEL + cross_target("m4", "llvm", "arm-none-eabi-gcc", "mps2-an386")))
+    t = p.targets["m4"]
+    assert t.runner == "qemu-system"
+    assert t.tvm_target() == {"kind": "llvm", "mtriple": "thumbv7em-unknown-none-eabihf", "mcpu": "cortex-m4"}
+    assert "-mfloat-abi=hard" in t.cflags() and "--specs=rdimon.specs" in t.ldflags()
+    assert t.board.memory.ram_size == 4 * 1024 * 1024
+
+
+def test_c_backend_target_is_just_c(write_pipeline):
+    p = load_pipeline(write_pipeline(GOOD_MODEL + cross_target("m3", "c", "arm-none-eabi-gcc", "mps2-an385")))
+    assert p.targets["m3"].tvm_target() == {"kind": "c"}
+
+
+def test_clang_flags_get_the_boards_triple(write_pipeline):
+    p = load_pipeline(write_pipeline(GOOD_MODEL + cross_target("a64", "c", "clang-aarch64-linux", "qemu-aarch64")))
+    assert "--target=aarch64-unknown-linux-gnu" in p.targets["a64"].cflags()
+    assert p.targets["a64"].runner == "qemu-user"
+
+
+def test_float_abi_mismatch_between_tvm_and_compiler(write_pipeline):
+    e = load_error(write_pipeline, GOOD_MODEL + cross_target("m4", "llvm", "arm-none-eabi-gcc", "mps2-an386",
+                                                             'tvm = {mfloat-abi = "soft"}'))
+    assert e.key == "targets.m4.tvm"
+    assert "float ABI mismatch: TVM generates soft-float calls" in str(e) and "-mfloat-abi=hard" in str(e)
+
+
+def test_float_abi_mismatch_from_the_triple(write_pipeline, tmp_path):
+    boards = tmp_path / "boards"
+    boards.mkdir()
+    text = (ROOT / "boards" / "mps2-an386.toml").read_text()
+    (boards / "m4-eabi.toml").write_text(text.replace("thumbv7em-unknown-none-eabihf", "thumbv7em-unknown-none-eabi"))
+    with pytest.raises(ConfigError, match="float ABI mismatch: TVM generates soft-float calls for thumbv7em-unknown-none-eabi"):
+        load_pipeline(write_pipeline(GOOD_MODEL + cross_target("m4", "llvm", "arm-none-eabi-gcc", "m4-eabi")),
+                      board_dir=boards)
+
+
+def test_cpu_mismatch(write_pipeline):
+    e = load_error(write_pipeline, GOOD_MODEL + cross_target("m4", "llvm", "arm-none-eabi-gcc", "mps2-an386",
+                                                             'tvm = {mcpu = "cortex-m7"}'))
+    assert "CPU mismatch: TVM compiles for mcpu 'cortex-m7', the compiler flags say -mcpu=cortex-m4" in str(e)
+
+
+def test_unknown_board_lists_the_known_ones(write_pipeline):
+    e = load_error(write_pipeline, GOOD_MODEL + cross_target("x", "c", "host-gcc", "mps2-an368"))
+    assert e.key == "targets.x.board" and "did you mean 'mps2-an386'?" in str(e)
+
+
+def test_bare_metal_board_needs_a_memory_map(tmp_path):
+    (tmp_path / "b.toml").write_text('kind = "bare-metal"\nrun = ["qemu", "{program}"]\ndebian_package = "q"\n')
+    with pytest.raises(ConfigError, match="a bare-metal board needs its memory map"):
+        load_board("b", tmp_path)
+
+
+@pytest.mark.parametrize("name", [p.stem for p in sorted((ROOT / "boards").glob("*.toml"))])
+def test_shipped_boards_load(name):
+    board = load_board(name)
+    assert "{program}" in board.run
+
+
+@pytest.mark.parametrize("name", [p.stem for p in sorted((ROOT / "toolchains").glob("*.toml"))])
+def test_shipped_toolchains_load(name):
+    assert load_toolchain(name).debian_package
