@@ -170,8 +170,26 @@ def emit_header(plan: Plan, sig: ModelSignature, prefix: str, gen: GeneratedFrom
     return _env().get_template("model.h.j2").render(plan=plan, sig=sig, p=prefix, P=prefix.upper(), gen=gen)
 
 
+def _weight(name: str, array: np.ndarray, needed_by: str = "") -> dict[str, Any]:
+    dtype = str(array.dtype)
+    return {"name": name, "dtype": dtype, "shape": array.shape, "ctype": ctype(dtype), "size": max(array.size, 1),
+            "lines": weight_lines(array) or ["0,"], "needed_by": needed_by}
+
+
+def external_constants(classification: Classification, params: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """Every constant a `dso+constants` module names, with its value: emitted as a const array of that name."""
+    out = []
+    for v in classification.modules:
+        for name in v.record.const_vars:
+            if name not in params:
+                raise CodegenError(f"module {v.record.path} (kind '{v.record.kind}') needs constant '{name}', "
+                                   "which the build did not record")
+            out.append(_weight(name, params[name], f"module {v.record.path} ({', '.join(v.record.functions)})"))
+    return out
+
+
 def emit_executor(plan: Plan, params: dict[str, np.ndarray], sig: ModelSignature, prefix: str,
-                  gen: GeneratedFrom) -> str:
+                  gen: GeneratedFrom, extern_constants: list[dict[str, Any]] | None = None) -> str:
     p = prefix
     shapes: list[tuple[int, ...]] = []
 
@@ -206,11 +224,7 @@ def emit_executor(plan: Plan, params: dict[str, np.ndarray], sig: ModelSignature
                         "is_input": t.home == HOME_INPUT, "data": data_expr(t),
                         "dl_dtype": f"{code}, {bits}, 1", "shape_index": shape_index(t.shape)})
 
-    weights = []
-    for c in plan.constants:
-        array = params[c.name]
-        weights.append({"name": c.name, "dtype": c.dtype, "shape": c.shape, "ctype": ctype(c.dtype),
-                        "size": max(array.size, 1), "lines": weight_lines(array) or ["0,"]})
+    weights = [_weight(c.name, params[c.name]) for c in plan.constants]
 
     def describe(tid: int) -> str:
         t = plan.tensors[tid]
@@ -231,7 +245,7 @@ def emit_executor(plan: Plan, params: dict[str, np.ndarray], sig: ModelSignature
         outputs.append({"c_name": spec.c_name, "data": src, "nbytes": t.nbytes})
     return _env().get_template("executor.c.j2").render(
         plan=plan, p=p, P=p.upper(), gen=gen, weights=weights, shapes=shapes, tensors=tensors, calls=calls,
-        inputs=inputs, outputs=outputs)
+        inputs=inputs, outputs=outputs, external_constants=extern_constants or [])
 
 
 def run_codegen(plan_json: Path, params_npz: Path, classification_json: Path, import_json: Path,
@@ -244,7 +258,8 @@ def run_codegen(plan_json: Path, params_npz: Path, classification_json: Path, im
     params = fsutil.load_npz(params_npz)
     sig = ModelSignature.from_dict(fsutil.read_json(import_json)["signature"])
     records = [ModuleRecord.from_dict(m) for m in fsutil.read_json(classification_json)["modules"]]
-    registry = Registry.from_classification(prefix, classify(records))
+    classification = classify(records)
+    registry = Registry.from_classification(prefix, classification)
     missing = sorted(set(plan.kernels) - {f.name for f in registry.functions})
     if missing:
         raise CodegenError(f"kernels called by the plan but defined by no module: {', '.join(missing)}")
@@ -253,5 +268,6 @@ def run_codegen(plan_json: Path, params_npz: Path, classification_json: Path, im
         compile_ll(out_dir / "metadata.ll", out_dir / "metadata.o")
     else:
         fsutil.write_text(out_dir / "metadata.c", emit_metadata_c(registry, gen))
-    fsutil.write_text(out_dir / "executor.c", emit_executor(plan, params, sig, prefix, gen))
+    fsutil.write_text(out_dir / "executor.c", emit_executor(plan, params, sig, prefix, gen,
+                                                            external_constants(classification, params)))
     fsutil.write_text(out_dir / gen.header, emit_header(plan, sig, prefix, gen))

@@ -24,6 +24,10 @@ BOARD_RUNNERS = {"host": "native", "linux": "qemu-user", "bare-metal": "qemu-sys
 # Per backend: the kernels file the build stage writes, and the metadata module files codegen writes.
 KERNELS_FILE = {"c": "kernels.c", "llvm": "kernels.o"}
 METADATA_FILES = {"c": ("metadata.c",), "llvm": ("metadata.ll", "metadata.o")}
+# The build stage writes the C of every external module here, on targets that offload.
+EXTERNAL_FILE = "external.c"
+# External codegens a target may offload to (tasks/offload.py).
+OFFLOAD_CODEGENS = ("crtforge_dense",)
 MODEL_SUFFIXES = (".onnx", ".tflite")
 
 
@@ -122,6 +126,7 @@ class TargetConfig:
     tvm: dict[str, Any]  # extra TVM target attributes, e.g. {"mfloat-abi": "hard"}
     models: tuple[str, ...]
     timeout: float  # seconds one run of the test program may take
+    offload: tuple[str, ...] = ()  # external codegens (tasks/offload.py) the build partitions for
 
     @property
     def runner(self) -> str:
@@ -141,7 +146,7 @@ class TargetConfig:
 
     def settings(self) -> dict[str, Any]:
         return {"name": self.name, "backend": self.backend, "toolchain": self.toolchain.name,
-                "board": self.board.name, "tvm": self.tvm, "timeout": self.timeout}
+                "board": self.board.name, "tvm": self.tvm, "timeout": self.timeout, "offload": list(self.offload)}
 
 
 def tvm_target(backend: str, board: Board, options: dict[str, Any]) -> dict[str, Any]:
@@ -346,7 +351,7 @@ def _load_target(file: Path, name: str, table: Any, models: dict[str, ModelConfi
     if not isinstance(table, dict):
         raise ConfigError(file, key, "expected a table.", f"write it as [{key}]")
     _check_keys(file, key, table, {"backend": str, "toolchain": str, "board": str, "runner": str, "tvm": dict,
-                                   "models": list, "timeout": (int, float)},
+                                   "models": list, "timeout": (int, float), "offload": list},
                 required=("backend", "toolchain"))
     if table["backend"] not in BACKENDS:
         raise ConfigError(file, f"{key}.backend", f"unknown backend '{table['backend']}'.",
@@ -368,11 +373,16 @@ def _load_target(file: Path, name: str, table: Any, models: dict[str, ModelConfi
             near = difflib.get_close_matches(str(m), list(models), n=1)
             raise ConfigError(file, f"{key}.models[{i}]", f"unknown model {m!r}.",
                               f"did you mean '{near[0]}'?" if near else f"define [models.{m}] first")
+    offload = table.get("offload", [])
+    for i, codegen in enumerate(offload):
+        if codegen not in OFFLOAD_CODEGENS:
+            raise ConfigError(file, f"{key}.offload[{i}]", f"unknown external codegen {codegen!r}.",
+                              f"crtforge has: {', '.join(OFFLOAD_CODEGENS)}")
     timeout = float(table.get("timeout", 60))
     if timeout <= 0:
         raise ConfigError(file, f"{key}.timeout", "must be a positive number of seconds.")
     target = TargetConfig(name=name, backend=table["backend"], toolchain=toolchain, board=board, tvm=dict(tvm_opts),
-                          models=tuple(target_models), timeout=timeout)
+                          models=tuple(target_models), timeout=timeout, offload=tuple(offload))
     _check_abi(file, key, target)
     return target
 

@@ -18,13 +18,14 @@ import numpy as np
 
 from tasks import fsutil
 from tasks.codegen import GeneratedFrom, _env, ctype, weight_lines
-from tasks.config import PROJECT_ROOT, Board, TargetConfig, Toolchain
+from tasks.config import EXTERNAL_FILE, PROJECT_ROOT, Board, TargetConfig, Toolchain
 from tasks.importer import ModelSignature
 
 CRT_DIR = PROJECT_ROOT / "crt"
 CRT_INCLUDE = CRT_DIR / "include"
 CRT_LIBRARY_SOURCES = (CRT_DIR / "src" / "crt.c", CRT_DIR / "src" / "registry.c")
 CRT_HARNESS_SOURCES = (CRT_DIR / "src" / "harness.c",)
+CRT_OFFLOAD_SOURCES = (CRT_DIR / "src" / "dense.c",)  # the kernels of tasks/offload.py
 CORTEX_M_DIR = CRT_DIR / "boards" / "cortex-m"
 BARE_METAL_SOURCES = (CORTEX_M_DIR / "startup.c",)
 LINKER_SCRIPT_TEMPLATE = CORTEX_M_DIR / "link.ld.j2"
@@ -214,14 +215,21 @@ def check_duplicate_symbols(objects: list[Path]) -> None:
             owner[name] = obj
 
 
-def _library_sources(model_dir: Path, backend: str) -> list[tuple[Path, tuple[str, ...] | None]]:
-    """(file, warnings) for the library: C to compile with those warnings, or an object (None) to take as is."""
+def _library_sources(model_dir: Path, backend: str,
+                     offload: bool = False) -> list[tuple[Path, tuple[str, ...] | None]]:
+    """(file, warnings) for the library: C to compile with those warnings, or an object (None) to take as is.
+    A target that offloads adds the external modules' C and the kernels they call."""
     generated: list[tuple[Path, tuple[str, ...] | None]]
     if backend == "llvm":
         generated = [(model_dir / "kernels.o", None), (model_dir / "metadata.o", None)]
     else:
         generated = [(model_dir / "kernels.c", KERNEL_WARNINGS), (model_dir / "metadata.c", OWN_WARNINGS)]
-    return generated + [(model_dir / "executor.c", OWN_WARNINGS), *[(s, OWN_WARNINGS) for s in CRT_LIBRARY_SOURCES]]
+    generated.append((model_dir / "executor.c", OWN_WARNINGS))
+    crt = list(CRT_LIBRARY_SOURCES)
+    if offload:
+        generated.append((model_dir / EXTERNAL_FILE, OWN_WARNINGS))
+        crt += CRT_OFFLOAD_SOURCES
+    return generated + [(s, OWN_WARNINGS) for s in crt]
 
 
 def _harness_sources(model_dir: Path, board: Board) -> list[Path]:
@@ -243,7 +251,7 @@ def run_link(target: TargetConfig, model: str, model_dir: Path, prefix: str, sig
                       emit_harness(sig, fsutil.load_npz(inputs_npz), prefix, registry_count, gen))
 
     library_objects = []
-    for src, warnings in _library_sources(model_dir, target.backend):
+    for src, warnings in _library_sources(model_dir, target.backend, bool(target.offload)):
         if warnings is None:
             library_objects.append(src)
             continue
@@ -286,14 +294,14 @@ def run_link(target: TargetConfig, model: str, model_dir: Path, prefix: str, sig
     return LinkOutputs(library=library, program=program)
 
 
-def link_sources(model_dir: Path, backend: str) -> list[Path]:
+def link_sources(model_dir: Path, backend: str, offload: bool) -> list[Path]:
     """Every file of `model_dir` that run_link reads, for doit's `file_dep`."""
-    return [src for src, _ in _library_sources(model_dir, backend) if CRT_DIR not in src.parents]
+    return [src for src, _ in _library_sources(model_dir, backend, offload) if CRT_DIR not in src.parents]
 
 
-def link_targets(model_dir: Path, prefix: str, backend: str, board: Board) -> list[Path]:
+def link_targets(model_dir: Path, prefix: str, backend: str, board: Board, offload: bool) -> list[Path]:
     """Every file run_link writes, for doit's `targets`."""
-    compiled = [src for src, warnings in _library_sources(model_dir, backend) if warnings is not None]
+    compiled = [src for src, warnings in _library_sources(model_dir, backend, offload) if warnings is not None]
     compiled += _harness_sources(model_dir, board)
     script = [model_dir / "board.ld"] if board.kind == "bare-metal" else []
     return [model_dir / "harness.c", *[_object(model_dir / "obj", s) for s in compiled], *script,

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from tasks import fsutil
-from tasks.config import KERNELS_FILE
+from tasks.config import EXTERNAL_FILE, KERNELS_FILE
 from tasks.importer import ModelSignature, load_relax
 from tasks.plan import (ARENA_ALIGN, HOME_ARENA, HOME_CONST, HOME_INPUT, STORAGE_WORKSPACE, Call, Constant, Plan,
                         Storage, Tensor, plan_arena)
@@ -33,8 +33,9 @@ class BuildError(Exception):
 @dataclass(frozen=True)
 class BuildResult:
     plan: Plan
-    params: dict[str, np.ndarray]  # constant name → weights
-    runtime_module: Any  # tvm.runtime.Module: the kernels, and what classification walks
+    params: dict[str, np.ndarray]  # constant name → weights: the plan's, and those external modules need
+    runtime_module: Any  # tvm.runtime.Module: the kernels, importing any external modules; classification walks it
+    external_modules: tuple[Any, ...] = ()  # C source modules from external codegens (tasks/offload.py)
 
     @property
     def kernels_source(self) -> str:
@@ -63,8 +64,8 @@ def lower(mod, target):
 class _PlanBuilder:
     """Walks the lowered `main` once and records tensors, storages, constants and calls."""
 
-    def __init__(self, mod, main, prefix: str, source: Path):
-        self.mod, self.prefix, self.source = mod, prefix, source
+    def __init__(self, mod, main, prefix: str, source: Path, external: frozenset[str]):
+        self.mod, self.prefix, self.source, self.external = mod, prefix, source, external
         self.tensors: list[Tensor] = []
         self.storages: list[Storage] = []
         self.constants: list[Constant] = []
@@ -142,6 +143,10 @@ class _PlanBuilder:
         if isinstance(op, relax.ExternFunc):
             if op.global_symbol in _IGNORED_EXTERNS:
                 return
+            if op.global_symbol in self.external:  # an offloaded function, destination-passing like a kernel
+                args = [self.tensor_of(a) for a in value.args]
+                self.calls.append(Call(op.global_symbol, args, var.name, self.step))
+                return
             if op.global_symbol == "vm.builtin.reshape":
                 base = self.tensors[self.tensor_of(value.args[0])]
                 alias = self._new_tensor(var.name, var.ty, base.home, base.index, base.offset)
@@ -166,15 +171,17 @@ class _PlanBuilder:
         return [self.tensor_of(f) for f in fields]
 
 
-def extract_plan(lowered, prefix: str, source: Path) -> tuple[Plan, dict[str, np.ndarray], dict[str, Any]]:
-    """The Plan, its constants, and the PrimFuncs `main` calls (renamed to prefixed symbols)."""
+def extract_plan(lowered, prefix: str, source: Path,
+                 external: frozenset[str] = frozenset()) -> tuple[Plan, dict[str, np.ndarray], dict[str, Any]]:
+    """The Plan, its constants, and the PrimFuncs `main` calls (renamed to prefixed symbols). `external`
+    names the functions external modules define: calls to them are kept as kernel calls."""
     from tvm import relax
 
     main = lowered["main"]
     body = main.body
     if not isinstance(body, relax.SeqExpr):
         raise BuildError(f"{source}: lowered main is not a sequence of bindings.")
-    builder = _PlanBuilder(lowered, main, prefix, source)
+    builder = _PlanBuilder(lowered, main, prefix, source, external)
     for block in body.blocks:
         for binding in block.bindings:
             builder.bind(binding)
@@ -183,8 +190,9 @@ def extract_plan(lowered, prefix: str, source: Path) -> tuple[Plan, dict[str, np
         t = builder.tensors[tid]
         if t.home == HOME_ARENA:
             builder.storages[t.index].last = builder.step
+    called = {c.kernel for c in builder.calls}
     plan = Plan(inputs=builder.inputs, outputs=outputs, tensors=builder.tensors, storages=builder.storages,
-                constants=builder.constants, calls=builder.calls, kernels=sorted(builder.kernels))
+                constants=builder.constants, calls=builder.calls, kernels=sorted(called))
     return plan, builder.params, builder.kernels
 
 
@@ -234,14 +242,38 @@ def add_workspaces(plan: Plan, workspace: dict[str, int]) -> None:
             plan.storages.append(Storage(call.workspace, nbytes, call.step, call.step, kind=STORAGE_WORKSPACE))
 
 
-def build(source: Path, prefix: str, target_json: dict[str, Any], where: str = "target") -> BuildResult:
+def build(source: Path, prefix: str, target_json: dict[str, Any], where: str = "target",
+          offload: tuple[str, ...] = ()) -> BuildResult:
+    from tasks.offload import OffloadError, external_modules, partition
+
     target = make_target(target_json, where)
-    lowered = lower(load_relax(source), target)
-    plan, params, kernels = extract_plan(lowered, prefix, source)
+    try:
+        mod = partition(load_relax(source), prefix, offload)
+    except OffloadError as e:
+        raise BuildError(f"{source}: offload: {e}") from None
+    ext_modules, ext_constants = external_modules(mod)
+    external = frozenset(f for m in ext_modules for f in m.get_function("get_func_names")())
+    lowered = lower(mod, target)
+    plan, params, kernels = extract_plan(lowered, prefix, source, external)
     runtime_module, workspace = compile_kernels(kernels, lowered.attrs, target)
+    for ext in ext_modules:
+        runtime_module.import_module(ext)
     add_workspaces(plan, workspace)
     plan.arena_bytes = plan_arena(plan.storages)
-    return BuildResult(plan=plan, params=params, runtime_module=runtime_module)
+    return BuildResult(plan=plan, params={**params, **ext_constants}, runtime_module=runtime_module,
+                       external_modules=tuple(ext_modules))
+
+
+def external_c(result: BuildResult, model_name: str, source: Path, target_name: str) -> str:
+    """The C of every external module, one after another (a comment alone when nothing was offloaded)."""
+    import tvm
+
+    parts = [f"/* External modules of model '{model_name}' ({source.name}) for target '{target_name}': the C that "
+             f"crtforge's external codegens generated, collected by tasks/relax_build.py (TVM {tvm.__version__}). */\n"]
+    if not result.external_modules:
+        parts.append("/* Nothing in this model matched an enabled external codegen. */\n")
+    parts += [m.inspect_source() for m in result.external_modules]
+    return "\n".join(parts)
 
 
 def write_kernels(result: BuildResult, path: Path, model_name: str, source: Path, target_name: str) -> None:
@@ -262,16 +294,20 @@ def write_kernels(result: BuildResult, path: Path, model_name: str, source: Path
 
 
 def run_build(source: Path, model_name: str, prefix: str, target_name: str, target_json: dict[str, Any],
-              signature: ModelSignature, out_dir: Path, where: str = "target") -> BuildResult:
-    """Write kernels.c or kernels.o, plan.json, params.npz and modules.json into `out_dir`."""
+              signature: ModelSignature, out_dir: Path, where: str = "target",
+              offload: tuple[str, ...] = ()) -> BuildResult:
+    """Write kernels.c or kernels.o, plan.json, params.npz and modules.json into `out_dir`, and external.c
+    when the target offloads."""
     from tasks.classify import inventory
 
-    result = build(source, prefix, target_json, where)
+    result = build(source, prefix, target_json, where, offload)
     if len(result.plan.inputs) != len(signature.inputs) or len(result.plan.outputs) != len(signature.outputs):
         raise BuildError(f"{source}: lowered main has {len(result.plan.inputs)} inputs and "
                          f"{len(result.plan.outputs)} outputs; the model declares {len(signature.inputs)} "
                          f"and {len(signature.outputs)}.")
     write_kernels(result, out_dir / KERNELS_FILE[target_json["kind"]], model_name, source, target_name)
+    if offload:
+        fsutil.write_text(out_dir / EXTERNAL_FILE, external_c(result, model_name, source, target_name))
     fsutil.save_npz(out_dir / "params.npz", result.params)
     fsutil.write_json(out_dir / "modules.json", [m.to_dict() for m in inventory(result.runtime_module)])
     fsutil.write_json(out_dir / "plan.json", result.plan.to_dict())

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator
 from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
-from tasks.config import (KERNELS_FILE, METADATA_FILES, PROJECT_ROOT, ConfigError, ModelConfig, Pipeline,
+from tasks.config import (EXTERNAL_FILE, KERNELS_FILE, METADATA_FILES, PROJECT_ROOT, ConfigError, ModelConfig, Pipeline,
                           TargetConfig, load_pipeline)
 
 TASKS_DIR = Path(__file__).resolve().parent
@@ -166,7 +166,7 @@ def _do_build(model: ModelConfig, target: TargetConfig, f: PairFiles, pipeline_f
     from tasks.relax_build import run_build
 
     run_build(model.source, model.name, model.prefix, target.name, target.tvm_target(), _signature(f.import_json),
-              f.dir, where=f"{pipeline_file.name}: targets.{target.name}.tvm")
+              f.dir, where=f"{pipeline_file.name}: targets.{target.name}.tvm", offload=target.offload)
 
 
 def _do_classify(f: PairFiles) -> None:
@@ -252,10 +252,13 @@ def relax_tasks(pipeline: Pipeline) -> Iterator[dict[str, Any]]:
                "doc": "TVM build: lower with the Relax pipeline, compile the kernels, extract the plan",
                "actions": [_action(_do_build, model, target, f, pipeline.file)],
                "file_dep": [str(model.source), str(f.import_json)]
-               + _stage("relax_build", "plan", "importer", "classify", "fsutil", "naming"),
-               "targets": [str(p) for p in (f.kernels, f.plan_json, f.params_npz, f.modules_json)],
+               + _stage("relax_build", "plan", "importer", "classify", "offload", "fsutil", "naming")
+               + [str(TEMPLATES / "offload_dense.c.j2")],
+               "targets": [str(p) for p in (f.kernels, f.plan_json, f.params_npz, f.modules_json,
+                                            *([f.dir / EXTERNAL_FILE] if target.offload else []))],
                "uptodate": [config_changed({"prefix": model.prefix, "target": target.name,
-                                            "tvm_target": target.tvm_target(), "tvm": _tvm_version()})],
+                                            "tvm_target": target.tvm_target(), "offload": list(target.offload),
+                                            "tvm": _tvm_version()})],
                "clean": True}
 
 
@@ -292,13 +295,16 @@ def link_tasks(pipeline: Pipeline) -> Iterator[dict[str, Any]]:
         yield {"name": _name(model, target),
                "doc": "compile & link lib<model>.a and the test program with the target's toolchain",
                "actions": [_action(_do_link, model, target, f, inputs_npz)],
-               "file_dep": [str(p) for p in (*link_sources(f.dir, target.backend), f.header, f.import_json,
+               "file_dep": [str(p) for p in (*link_sources(f.dir, target.backend, bool(target.offload)), f.header,
+                                             f.import_json,
                                              f.plan_json, f.classification_json, inputs_npz,
                                              target.toolchain.file, target.board.file)]
                + CRT_FILES + _stage("link", "codegen", "fsutil") + [str(TEMPLATES / "harness.c.j2")],
-               "targets": [str(p) for p in link_targets(f.dir, model.prefix, target.backend, target.board)],
+               "targets": [str(p) for p in link_targets(f.dir, model.prefix, target.backend, target.board,
+                                                       bool(target.offload))],
                "uptodate": [config_changed({"toolchain": target.toolchain.settings(), "board": target.board.settings(),
-                                            "model": model.name, "target": target.name, "backend": target.backend})],
+                                            "model": model.name, "target": target.name, "backend": target.backend,
+                                            "offload": list(target.offload)})],
                "clean": True}
 
 

@@ -204,3 +204,9 @@ def test_shipped_boards_load(name):
 @pytest.mark.parametrize("name", [p.stem for p in sorted((ROOT / "toolchains").glob("*.toml"))])
 def test_shipped_toolchains_load(name):
     assert load_toolchain(name).debian_package
+
+
+def test_unknown_external_codegen(write_pipeline):
+    e = load_error(write_pipeline, GOOD_MODEL + host_target(extra='offload = ["cmsis-nn"]'))
+    assert e.key == "targets.host.offload[0]" and "unknown external codegen 'cmsis-nn'" in str(e)
+    assert "crtforge_dense" in str(e)
