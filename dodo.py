@@ -52,7 +52,7 @@ def task_compare():
 
 
 def task_build():
-    return wiring.build_task()
+    return wiring.build_task(PIPELINE)
 
 
 def task_test():

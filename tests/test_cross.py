@@ -117,20 +117,21 @@ def test_a_model_too_big_for_the_board_is_refused_at_link(cross):
 def test_link_refuses_a_too_big_program(cross, tmp_path):
     """The whole link stage, with the board's RAM shrunk below what the model needs."""
     from tasks.link import run_link
-    from tasks.wiring import _generated_from, _signature, pair_files
+    from tasks.pair import Pair, generated_from, signature
 
     root, pipeline_path, _ = cross
     pipeline = load_pipeline(pipeline_path)
     target = pipeline.targets["cortex-m4"]
     model = pipeline.models["convtranspose2d"]
     small = replace(target, board=board_with_memory(target.board, ram_size=56 * 1024))
-    f = pair_files(pipeline, model, target)
+    p = Pair.at(pipeline.out, model, target, pipeline.file)
+    f = p.files
     plan = fsutil.read_json(f.plan_json)
     with pytest.raises(CompileError, match="model convtranspose2d needs .* KiB RAM, board mps2-an386 has 56.0 KiB"):
-        run_link(small, model.name, f.dir, model.prefix, _signature(f.import_json),
+        run_link(small, model.name, f.dir, model.prefix, signature(f.import_json),
                  root / "out" / "_models" / model.name / "inputs.npz",
                  len(fsutil.read_json(f.classification_json)["registry"]), plan["arena_bytes"],
-                 _generated_from(model, target))
+                 generated_from(model, target))
     assert not f.program.exists()  # nothing left that a later run would trust
     # the next real build relinks it
     again = run_doit(pipeline_path, "build")
