@@ -9,6 +9,8 @@ from tasks import wiring
 
 PIPELINE = wiring.load(get_var("pipeline", "pipeline.toml"))
 DOIT_CONFIG = wiring.doit_config(PIPELINE)
+# `doit conformance conformance=pc_Conv*,simple_*` sweeps a subset of the onnx package's model tests.
+CONFORMANCE_CASES = wiring.conformance_cases(get_var("conformance", "*"))
 
 
 def task_reference():
@@ -57,3 +59,12 @@ def task_build():
 
 def task_test():
     return wiring.test_task(PIPELINE)
+
+
+def task_sweep():
+    """Conformance: one ONNX test through every stage on one target (outcome recorded, never raised)."""
+    yield from wiring.sweep_tasks(PIPELINE, CONFORMANCE_CASES)
+
+
+def task_conformance():
+    return wiring.conformance_task(PIPELINE, CONFORMANCE_CASES)

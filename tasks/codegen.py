@@ -212,8 +212,8 @@ def emit_executor(plan: Plan, params: dict[str, np.ndarray], sig: ModelSignature
             return f"weights {plan.constants[t.index].name}"
         return f"model input {t.index}"
 
-    # Only tensors a call or an output reads are emitted (reshapes of weights may leave some unused).
-    used = {a for c in plan.calls for a in c.args} | set(plan.outputs)
+    # Descriptors only for tensors that calls take (outputs are copied from their data directly).
+    used = {a for c in plan.calls for a in c.args}
     tensors = []
     for t in plan.tensors:
         if t.id not in used:

@@ -73,6 +73,7 @@ class _PlanBuilder:
         self.calls: list[Call] = []
         self.kernels: dict[str, Any] = {}  # prefixed symbol → PrimFunc
         self.var_tensor: dict[Any, int] = {}  # Relax Var → tensor id (Vars are keyed by object: names repeat)
+        self.var_tuple: dict[Any, list[int]] = {}  # Relax Var bound to a tuple → its tensors
         self.var_storage: dict[Any, int] = {}
         self.const_tensor: list[tuple[Any, int]] = []  # (GenericConst, tensor id), compared with same_as
         self.step = 0
@@ -93,7 +94,7 @@ class _PlanBuilder:
 
     def tensor_of(self, expr) -> int:
         """The tensor id an argument refers to, creating constants on first sight."""
-        from tvm import ir
+        from tvm import ir, relax
 
         if isinstance(expr, ir.GenericConst):
             for const, tid in self.const_tensor:
@@ -107,22 +108,43 @@ class _PlanBuilder:
                                    len(self.constants) - 1))
             self.const_tensor.append((expr, tid))
             return tid
+        if isinstance(expr, relax.TupleGetItem):
+            return self._touch(self.fields_of(expr.tuple_value)[expr.index])
         if expr in self.var_tensor:
-            tid = self.var_tensor[expr]
-            base = self.tensors[tid]
-            if base.home == HOME_ARENA:
-                s = self.storages[base.index]
-                s.last = max(s.last, self.step)
-            return tid
+            return self._touch(self.var_tensor[expr])
         raise self._fail(f"unsupported argument {type(expr).__name__} '{expr}' in the lowered main.")
+
+    def fields_of(self, expr) -> list[int]:
+        """The tensors of a tuple: written out, or a variable bound to one."""
+        from tvm import relax
+
+        if isinstance(expr, relax.Tuple):
+            return [self.tensor_of(f) for f in expr.fields]
+        if expr in self.var_tuple:
+            return [self._touch(t) for t in self.var_tuple[expr]]
+        raise self._fail(f"'{expr}' is not a tuple of tensors.")
+
+    def _touch(self, tid: int) -> int:
+        """A use of tensor `tid` now: its storage lives at least until this step."""
+        base = self.tensors[tid]
+        if base.home == HOME_ARENA:
+            s = self.storages[base.index]
+            s.last = max(s.last, self.step)
+        return tid
 
     def bind(self, binding) -> None:
         from tvm import ir, relax
 
         self.step += 1
         var, value = binding.var, binding.value
-        if isinstance(value, relax.Var):  # plain alias
+        if isinstance(value, relax.Var) and value in self.var_tuple:  # alias of a tuple
+            self.var_tuple[var] = self.fields_of(value)
+            return
+        if isinstance(value, (relax.Var, relax.TupleGetItem)):  # alias of a tensor
             self.var_tensor[var] = self.tensor_of(value)
+            return
+        if isinstance(value, relax.Tuple):
+            self.var_tuple[var] = self.fields_of(value)
             return
         if not isinstance(value, relax.Call):
             raise self._fail(f"unsupported binding '{var.name}' = {type(value).__name__}.")
@@ -147,6 +169,12 @@ class _PlanBuilder:
                 args = [self.tensor_of(a) for a in value.args]
                 self.calls.append(Call(op.global_symbol, args, var.name, self.step))
                 return
+            if op.global_symbol == "vm.builtin.shape_of":
+                # The shape is static (its type says so), and kernels get shapes baked in: nothing to run.
+                # A later use of the variable as a tensor argument still fails in tensor_of.
+                if not (isinstance(var.ty, relax.ShapeType) and var.ty.values is not None):
+                    raise self._fail(f"'{var.name}' = shape_of(...) is not a static shape.")
+                return
             if op.global_symbol == "vm.builtin.reshape":
                 base = self.tensors[self.tensor_of(value.args[0])]
                 alias = self._new_tensor(var.name, var.ty, base.home, base.index, base.offset)
@@ -166,9 +194,10 @@ class _PlanBuilder:
     def outputs(self, body) -> list[int]:
         from tvm import relax
 
-        fields = list(body.fields) if isinstance(body, relax.Tuple) else [body]
         self.step += 1  # outputs are read after the last call
-        return [self.tensor_of(f) for f in fields]
+        if isinstance(body, relax.Tuple) or (isinstance(body, relax.Var) and body in self.var_tuple):
+            return self.fields_of(body)
+        return [self.tensor_of(body)]
 
 
 def extract_plan(lowered, prefix: str, source: Path,

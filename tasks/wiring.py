@@ -208,3 +208,74 @@ def test_task(pipeline: Pipeline) -> dict[str, Any]:
             "actions": [(_report, (pipeline,), {})],
             "task_dep": [f"compare:{_name(m, t)}" for m, t in pipeline.pairs()], "verbosity": 2,
             "uptodate": [False]}
+
+
+# --- conformance sweep (tasks/conformance.py) ----------------------------------------------------------------
+
+def _sweep_out(pipeline: Pipeline) -> Path:
+    return pipeline.out / "conformance"
+
+
+def conformance_cases(patterns: str) -> list:
+    """The onnx package's model tests whose case names match `patterns` (comma-separated globs)."""
+    from tasks.conformance import discover, onnx_test_data
+
+    try:
+        return discover(onnx_test_data(), tuple(p.strip() for p in patterns.split(",") if p.strip()))
+    except FileNotFoundError:
+        return []  # onnx not installed yet: `doit list` still works
+
+
+def _sweep_targets(pipeline: Pipeline) -> list[TargetConfig]:
+    from tasks.conformance import TARGETS
+
+    return [pipeline.targets[t] for t in TARGETS if t in pipeline.targets]
+
+
+def sweep_tasks(pipeline: Pipeline, cases: list) -> Iterator[dict[str, Any]]:
+    from tasks import conformance
+
+    out = _sweep_out(pipeline)
+    every_stage = _stage("conformance", "importer", "reference", "relax_build", "plan", "classify", "offload",
+                         "codegen", "link", "run", "compare", "fsutil", "naming")
+    templates = [str(p) for p in sorted(TEMPLATES.glob("*.j2"))]
+    for case in cases:
+        ref = out / "_models" / case.name
+        yield {"basename": "sweep-vm", "name": case.name, "doc": "TVM's own Relax VM on one ONNX test (the bar)",
+               "actions": [(conformance.run_vm, (case, ref), {})],
+               "file_dep": _paths(*case.files()) + _stage("conformance", "importer", "reference", "compare"),
+               "targets": _paths(ref / "vm.json"), "uptodate": [config_changed({"tvm": tvm_version()})],
+               "clean": True}
+        for target in _sweep_targets(pipeline):
+            if not conformance.runs_on(case, target.name):
+                continue
+            yield {"basename": "sweep", "name": f"{target.name}/{case.name}",
+                   "doc": "one ONNX test through every stage on one target; records the outcome",
+                   "actions": [(conformance.run_case, (case, target, out, pipeline.file), {})],
+                   "file_dep": _paths(*case.files(), ref / "vm.json", target.toolchain.file, target.board.file)
+                   + every_stage + templates + CRT_FILES,
+                   "targets": _paths(out / target.name / case.name / "result.json"),
+                   "uptodate": [config_changed({"target": target.settings(), "tvm": tvm_version()})],
+                   "clean": True}
+
+
+def conformance_task(pipeline: Pipeline, cases: list) -> dict[str, Any]:
+    from tasks import conformance
+
+    out = _sweep_out(pipeline)
+    vm_files = [out / "_models" / c.name / "vm.json" for c in cases]
+    results = [out / t.name / c.name / "result.json" for c in cases for t in _sweep_targets(pipeline)
+               if conformance.runs_on(c, t.name)]
+
+    def report() -> None:
+        totals = conformance.write_report(vm_files, results, pipeline.out / "conformance.md",
+                                          pipeline.out / "conformance.json")
+        for target, t in totals.items():
+            rate = "n/a" if t["pass_rate_of_vm_ok"] is None else f"{100 * t['pass_rate_of_vm_ok']:.1f}%"
+            print(f"{target}: {t['passed']}/{t['tests']} passed; {t['passed_of_vm_ok']}/{t['vm_ok']} of the tests "
+                  f"TVM's VM runs correctly ({rate}); failures by stage {t['failed_by_stage']}")
+
+    return {"doc": "sweep the onnx package's model tests (conformance=GLOBS selects); out/conformance.md",
+            "actions": [report], "file_dep": _paths(*vm_files, *results) + _stage("conformance"),
+            "targets": _paths(pipeline.out / "conformance.md", pipeline.out / "conformance.json"),
+            "verbosity": 2, "clean": True}
