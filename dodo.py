@@ -9,6 +9,8 @@ from tasks import wiring
 
 PIPELINE = wiring.load(get_var("pipeline", "pipeline.toml"))
 DOIT_CONFIG = wiring.doit_config(PIPELINE)
+# Held until this process ends: another doit on the same pipeline waits for this one.
+PIPELINE_LOCK = wiring.lock(PIPELINE)
 # `doit conformance conformance=pc_Conv*,simple_*` sweeps a subset of the onnx package's model tests.
 CONFORMANCE_CASES = wiring.conformance_cases(get_var("conformance", "*"))
 

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(python3 python3-venv gcc libc6-dev binutils make
   gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm
   gcc-aarch64-linux-gnu libc6-dev-arm64-cross gcc-riscv64-linux-gnu libc6-dev-riscv64-cross qemu-user
-  clang lld llvm)
+  clang lld llvm libasan8 libubsan1 valgrind)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

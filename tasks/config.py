@@ -235,8 +235,8 @@ def _existing_path(file: Path, key: str, value: str, what: str) -> Path:
     return path
 
 
-def load_toolchain(name: str, toolchain_dir: Path = TOOLCHAIN_DIR) -> Toolchain:
-    path = toolchain_dir / f"{name}.toml"
+def load_toolchain(name: str, toolchain_dir: Path | tuple[Path, ...] = TOOLCHAIN_DIR) -> Toolchain:
+    path = _file_in(toolchain_dir, name)
     data = _read_toml(path, "", "toolchain file")
     _check_keys(path, "", data, {"description": str, "cc": str, "ar": str, "cflags": list, "ldflags": list,
                                   "libs": list, "debian_package": str},
@@ -249,12 +249,22 @@ def load_toolchain(name: str, toolchain_dir: Path = TOOLCHAIN_DIR) -> Toolchain:
                      libs=tuple(data.get("libs", [])), debian_package=data["debian_package"])
 
 
-def _known(directory: Path) -> list[str]:
-    return sorted(p.stem for p in directory.glob("*.toml"))
+def _dirs(directory: Path | tuple[Path, ...]) -> tuple[Path, ...]:
+    return directory if isinstance(directory, tuple) else (directory,)
 
 
-def load_board(name: str, board_dir: Path = BOARD_DIR) -> Board:
-    path = board_dir / f"{name}.toml"
+def _known(directory: Path | tuple[Path, ...]) -> list[str]:
+    return sorted({p.stem for d in _dirs(directory) for p in d.glob("*.toml")})
+
+
+def _file_in(directory: Path | tuple[Path, ...], name: str) -> Path:
+    """<name>.toml from the first folder that has it (the pipeline's own folders come first)."""
+    dirs = _dirs(directory)
+    return next((d / f"{name}.toml" for d in dirs if (d / f"{name}.toml").is_file()), dirs[-1] / f"{name}.toml")
+
+
+def load_board(name: str, board_dir: Path | tuple[Path, ...] = BOARD_DIR) -> Board:
+    path = _file_in(board_dir, name)
     data = _read_toml(path, "", "board file")
     _check_keys(path, "", data, {"description": str, "kind": str, "triple": str, "cpu": str, "cflags": list,
                                   "ldflags": list, "run": list, "debian_package": str, "memory": dict},
@@ -282,15 +292,16 @@ def load_board(name: str, board_dir: Path = BOARD_DIR) -> Board:
                  debian_package=data["debian_package"], memory=memory)
 
 
-def _load_named(file: Path, key: str, name: str, what: str, directory: Path, cache: dict, loader) -> Any:
-    """A toolchain or board by name, from `directory`/<name>.toml, loaded once per pipeline."""
+def _load_named(file: Path, key: str, name: str, what: str, directory: tuple[Path, ...], cache: dict,
+                loader) -> Any:
+    """A toolchain or board by name, from the first of `directory` with <name>.toml, loaded once per pipeline."""
     if name not in cache:
         known = _known(directory)
         if name not in known:
             near = difflib.get_close_matches(name, known, n=1)
             raise ConfigError(file, key, f"unknown {what} '{name}'.",
                               (f"did you mean '{near[0]}'? " if near else "")
-                              + f"{what}s are the files in {directory}: {', '.join(known)}")
+                              + f"{what}s are the files in {' and '.join(map(str, directory))}: {', '.join(known)}")
         cache[name] = loader(name, directory)
     return cache[name]
 
@@ -345,8 +356,8 @@ def _load_model(file: Path, name: str, table: Any) -> ModelConfig:
 
 
 def _load_target(file: Path, name: str, table: Any, models: dict[str, ModelConfig],
-                 toolchains: dict[str, Toolchain], boards: dict[str, Board], toolchain_dir: Path,
-                 board_dir: Path) -> TargetConfig:
+                 toolchains: dict[str, Toolchain], boards: dict[str, Board], toolchain_dirs: tuple[Path, ...],
+                 board_dirs: tuple[Path, ...]) -> TargetConfig:
     key = f"targets.{name}"
     if not isinstance(table, dict):
         raise ConfigError(file, key, "expected a table.", f"write it as [{key}]")
@@ -356,9 +367,9 @@ def _load_target(file: Path, name: str, table: Any, models: dict[str, ModelConfi
     if table["backend"] not in BACKENDS:
         raise ConfigError(file, f"{key}.backend", f"unknown backend '{table['backend']}'.",
                           f"use one of: {', '.join(BACKENDS)}")
-    toolchain = _load_named(file, f"{key}.toolchain", table["toolchain"], "toolchain", toolchain_dir, toolchains,
+    toolchain = _load_named(file, f"{key}.toolchain", table["toolchain"], "toolchain", toolchain_dirs, toolchains,
                             load_toolchain)
-    board = _load_named(file, f"{key}.board", table.get("board", "host"), "board", board_dir, boards, load_board)
+    board = _load_named(file, f"{key}.board", table.get("board", "host"), "board", board_dirs, boards, load_board)
     # `runner` is implied by the board; stated, it must agree (pipelines written before boards state it).
     if "runner" in table and table["runner"] != board.runner:
         raise ConfigError(file, f"{key}.runner", f"board '{board.name}' runs programs with '{board.runner}', "
@@ -394,8 +405,14 @@ def load_pipeline(path: Path | str, toolchain_dir: Path = TOOLCHAIN_DIR, board_d
     _check_keys(file, "", data, {"pipeline": dict, "models": dict, "targets": dict},
                 required=("models", "targets"))
     settings = data.get("pipeline", {})
-    _check_keys(file, "pipeline", settings, {"out": str})
+    _check_keys(file, "pipeline", settings, {"out": str, "toolchains": str, "boards": str})
     out = (file.parent / settings.get("out", "out")).resolve()
+    # A pipeline may bring its own toolchain and board files: its folders are searched first.
+    toolchain_dirs, board_dirs = _dirs(toolchain_dir), _dirs(board_dir)
+    if "toolchains" in settings:
+        toolchain_dirs = (_existing_path(file, "pipeline.toolchains", settings["toolchains"], "folder"), *toolchain_dirs)
+    if "boards" in settings:
+        board_dirs = (_existing_path(file, "pipeline.boards", settings["boards"], "folder"), *board_dirs)
 
     models: dict[str, ModelConfig] = {}
     prefixes: dict[str, str] = {}
@@ -419,7 +436,7 @@ def load_pipeline(path: Path | str, toolchain_dir: Path = TOOLCHAIN_DIR, board_d
         if not is_valid_name(name):
             raise ConfigError(file, f"targets.{name}",
                               "a target name is a letter, then letters, digits, '_' or '-'.")
-        targets[name] = _load_target(file, name, table, models, toolchains, boards, toolchain_dir, board_dir)
+        targets[name] = _load_target(file, name, table, models, toolchains, boards, toolchain_dirs, board_dirs)
     if not targets:
         raise ConfigError(file, "targets", "no targets defined.", "add a [targets.NAME] table")
     return Pipeline(file=file, out=out, models=models, targets=targets, toolchains=toolchains, boards=boards)

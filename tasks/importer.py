@@ -6,6 +6,7 @@ TVM IR cannot be cached (tvm.ir.save_json segfaults on these modules), so later 
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -94,7 +95,50 @@ def load_relax(source: Path):
         raise
     except Exception as e:  # TVM frontends raise many types; the message is what the user needs.
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        unsupported = _unsupported_ops(first)
+        if unsupported:
+            raise ModelImportError(f"{source}: TVM cannot import this model: {_describe_nodes(source, unsupported)} "
+                                   f"not supported by TVM's {source.suffix[1:].upper()} frontend. HINT: replace "
+                                   "these ops in the model (or run them outside it)") from e
         raise ModelImportError(f"{source}: TVM cannot import this model: {first}") from e
+
+
+_UNSUPPORTED = re.compile(r"following operators are not supported (?:for|in) frontend \w+: (.+)$")
+
+
+def _unsupported_ops(message: str) -> list[str]:
+    m = _UNSUPPORTED.search(message)
+    return [op.strip() for op in m.group(1).split(",") if op.strip()] if m else []
+
+
+def _describe_nodes(source: Path, ops: list[str]) -> str:
+    """'op Gradient (node 'grad', 1 of 1)' for every unsupported op, naming the first node that uses it."""
+    parts = []
+    for op in ops:
+        nodes = _nodes_of(source, op)
+        where = f"node '{nodes[0]}', {len(nodes)} node(s) in all" if nodes else "no node found"
+        parts.append(f"op {op} ({where})")
+    return "; ".join(parts) + (" is" if len(parts) == 1 else " are")
+
+
+def _nodes_of(source: Path, op: str) -> list[str]:
+    """Names of the nodes (ONNX) or operator indices (TFLite) that use `op`."""
+    if source.suffix == ".onnx":
+        import onnx
+
+        graph = onnx.load(str(source), load_external_data=False).graph
+        return [n.name or f"#{i}" for i, n in enumerate(graph.node) if n.op_type == op]
+    import tflite
+
+    model = _read_tflite(source)
+    codes = {v: k for k, v in vars(tflite.BuiltinOperator).items() if not k.startswith("_")}
+    sub = model.Subgraphs(0)
+    found = []
+    for i in range(sub.OperatorsLength()):
+        code = model.OperatorCodes(sub.Operators(i).OpcodeIndex())
+        if codes.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode())) == op:
+            found.append(f"operator #{i}")
+    return found
 
 
 def _tensor_spec(name: str, c_name: str, ty, what: str, source: Path) -> TensorSpec:

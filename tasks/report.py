@@ -34,14 +34,33 @@ def table(rows: list[list[str]]) -> str:
                       *[line(r) for r in rows]]) + "\n"
 
 
-def write_report(pairs: list[tuple[str, str, Path]], out_md: Path) -> tuple[str, bool]:
-    """Table for `pairs` (target, model, pair directory); returns it and whether every pair passed."""
-    rows, all_passed = [], True
+def mismatch_lines(target: str, model: str, test: dict[str, Any]) -> list[str]:
+    """What failed in a pair's comparison: per output, how many elements, and the worst ones."""
+    lines = []
+    for name, out in test["outputs"].items():
+        if out["passed"]:
+            continue
+        if "problem" in out:
+            lines.append(f"{target}/{model}: output '{name}': {out['problem']}")
+            continue
+        worst = ", ".join(f"[{', '.join(map(str, w['index']))}] {w['actual']:.6g} (expected {w['expected']:.6g})"
+                          for w in out["worst"])
+        lines.append(f"{target}/{model}: output '{name}': {out['mismatched']} of {out['elements']} elements outside "
+                     f"rtol {test['rtol']:g}, atol {test['atol']:g}; worst: {worst}")
+    return lines
+
+
+def write_report(pairs: list[tuple[str, str, Path]], out_md: Path) -> tuple[str, list[str]]:
+    """Table for `pairs` (target, model, pair directory); returns it and a line per failure (none: all passed)."""
+    rows, failures = [], []
     for target, model, d in pairs:
         test = fsutil.read_json(d / "test.json") if (d / "test.json").exists() else None
         cls = fsutil.read_json(d / "classification.json") if (d / "classification.json").exists() else None
         rows.append(row(target, model, test, cls))
-        all_passed &= bool(test and test["passed"])
+        if test is None:
+            failures.append(f"{target}/{model}: not run")
+        elif not test["passed"]:
+            failures.extend(mismatch_lines(target, model, test))
     text = table(rows)
     fsutil.write_text(out_md, text)
-    return text, all_passed
+    return text, failures

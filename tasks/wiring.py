@@ -7,9 +7,10 @@ Each declares the files it reads (including its own stage modules), every file i
 
 from __future__ import annotations
 
+import fcntl
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, TextIO
 
 from doit.exceptions import TaskFailed
 from doit.tools import config_changed
@@ -51,6 +52,21 @@ def load(path: str) -> Pipeline:
         raise SystemExit(2) from None
 
 
+def lock(pipeline: Pipeline) -> TextIO:
+    """Hold the pipeline's lock for the life of this process: a second doit on the same pipeline waits for the
+    first (two writers would race on the same outputs and on the dependency database). The caller keeps the
+    returned file open; the lock goes with the process, even a killed one."""
+    path = pipeline.file.with_name(f".{pipeline.file.stem}.doit.lock")
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(f"crtforge: another doit is running on {pipeline.file.name} (lock {path.name}); waiting for it",
+              file=sys.stderr, flush=True)
+        fcntl.flock(handle, fcntl.LOCK_EX)
+    return handle
+
+
 def doit_config(pipeline: Pipeline) -> dict[str, Any]:
     # The dependency database sits beside the pipeline file (whose folder exists), one per pipeline file.
     dep_file = pipeline.file.with_name(f".{pipeline.file.stem}.doit.db")
@@ -74,9 +90,11 @@ def _report(pipeline: Pipeline) -> TaskFailed | None:
     from tasks.report import write_report
 
     pairs = [(t.name, m.name, pair(pipeline, m, t).files.dir) for m, t in pipeline.pairs()]
-    text, passed = write_report(pairs, pipeline.out / "results.md")
+    text, failures = write_report(pairs, pipeline.out / "results.md")
     print(text, end="")
-    return None if passed else TaskFailed("not every (model, target) pair passed: see the table above")
+    if failures:
+        return TaskFailed("outputs differ from the reference:\n" + "\n".join(failures))
+    return None
 
 
 # --- task generators -------------------------------------------------------------------------------------
