@@ -17,7 +17,7 @@ import numpy as np
 from tasks import fsutil
 from tasks.classify import FFI_PREFIX, Classification
 from tasks.importer import ModelSignature
-from tasks.plan import HOME_ARENA, HOME_CONST, HOME_INPUT, Plan
+from tasks.plan import HOME_ARENA, HOME_CONST, HOME_INPUT, STORAGE_OUTPUT, Plan
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
@@ -198,7 +198,15 @@ def emit_executor(plan: Plan, params: dict[str, np.ndarray], sig: ModelSignature
             shapes.append(shape)
         return shapes.index(shape)
 
+    def output_of(t) -> int | None:
+        """The model output whose caller's buffer holds `t`, if any."""
+        if t.home == HOME_ARENA and plan.storages[t.index].kind == STORAGE_OUTPUT:
+            return plan.storages[t.index].output
+        return None
+
     def data_expr(t) -> str:
+        if output_of(t) is not None:
+            return "NULL"
         if t.home == HOME_ARENA:
             return f"&{p}_arena[{plan.storages[t.index].offset + t.offset}]"
         if t.home == HOME_CONST:
@@ -206,6 +214,8 @@ def emit_executor(plan: Plan, params: dict[str, np.ndarray], sig: ModelSignature
         return "NULL"
 
     def where(t) -> str:
+        if output_of(t) is not None:
+            return f"model output {output_of(t)} (the caller's buffer)"
         if t.home == HOME_ARENA:
             return f"arena +{plan.storages[t.index].offset + t.offset}"
         if t.home == HOME_CONST:
@@ -221,7 +231,7 @@ def emit_executor(plan: Plan, params: dict[str, np.ndarray], sig: ModelSignature
         ctype(t.dtype)
         _, code, bits = _DTYPES[t.dtype]
         tensors.append({"id": t.id, "name": t.name, "shape": t.shape, "dtype": t.dtype, "where": where(t),
-                        "is_input": t.home == HOME_INPUT, "data": data_expr(t),
+                        "at_run_time": t.home == HOME_INPUT or output_of(t) is not None, "data": data_expr(t),
                         "dl_dtype": f"{code}, {bits}, 1", "shape_index": shape_index(t.shape)})
 
     weights = [_weight(c.name, params[c.name]) for c in plan.constants]
@@ -235,17 +245,25 @@ def emit_executor(plan: Plan, params: dict[str, np.ndarray], sig: ModelSignature
               "comment": f"{c.binding}: {c.kernel}({', '.join(describe(a) for a in c.args)})"
               + ("" if c.workspace is None else f", workspace {plan.storages[c.workspace].nbytes} B")}
              for c in plan.calls]
-    # Every descriptor of an input's bytes (the input itself, or a reshape of it) points at the caller's buffer.
-    inputs = [{"id": t.id, "c_name": sig.inputs[t.index].c_name} for t in plan.tensors
-              if t.home == HOME_INPUT and t.id in used]
-    outputs = []
-    for tid, spec in zip(plan.outputs, sig.outputs):
+    # Every descriptor of a caller's buffer (an input or output, or a reshape of one) gets its pointer in _run.
+    bound = []
+    for t in plan.tensors:
+        if t.id not in used:
+            continue
+        if t.home == HOME_INPUT:
+            bound.append({"id": t.id, "expr": f"inputs->{sig.inputs[t.index].c_name}"})
+        elif output_of(t) is not None:
+            bound.append({"id": t.id, "expr": f"outputs->{sig.outputs[output_of(t)].c_name}"})
+    copies = []  # outputs that are not computed in place: an input or weights returned as is
+    for index, (tid, spec) in enumerate(zip(plan.outputs, sig.outputs)):
         t = plan.tensors[tid]
+        if output_of(t) == index:
+            continue
         src = f"inputs->{sig.inputs[t.index].c_name}" if t.home == HOME_INPUT else data_expr(t)
-        outputs.append({"c_name": spec.c_name, "data": src, "nbytes": t.nbytes})
+        copies.append({"c_name": spec.c_name, "data": src, "nbytes": t.nbytes})
     return _env().get_template("executor.c.j2").render(
         plan=plan, p=p, P=p.upper(), gen=gen, weights=weights, shapes=shapes, tensors=tensors, calls=calls,
-        inputs=inputs, outputs=outputs, external_constants=extern_constants or [])
+        bound=bound, copies=copies, external_constants=extern_constants or [])
 
 
 def run_codegen(plan_json: Path, params_npz: Path, classification_json: Path, import_json: Path,

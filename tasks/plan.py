@@ -19,18 +19,22 @@ HOME_ARENA = "arena"  # index: which storage; offset: bytes into it
 HOME_CONST = "const"  # index: which constant
 
 
-STORAGE_TENSORS = "tensors"  # holds Relax tensors
+STORAGE_TENSORS = "tensors"  # one Relax tensor and its reshapes, in the arena
 STORAGE_WORKSPACE = "workspace"  # one kernel call's workspace (TVMBackendAllocWorkspace), alive for that call only
+STORAGE_OUTPUT = "output"  # a model output, computed straight into the caller's buffer: not in the arena
+IN_ARENA = (STORAGE_TENSORS, STORAGE_WORKSPACE)
 
 
 @dataclass
 class Storage:
+    """A buffer: one tensor's bytes (shared by its reshapes), or one call's workspace."""
     id: int
     nbytes: int
     first: int  # step at which it is allocated
-    last: int  # last step that touches a tensor in it
+    last: int  # last step that touches it
     offset: int = -1  # byte offset in the arena, set by plan_arena
     kind: str = STORAGE_TENSORS
+    output: int | None = None  # for STORAGE_OUTPUT: which model output
 
 
 @dataclass
@@ -74,6 +78,7 @@ class Plan:
     calls: list[Call]
     arena_bytes: int = 0
     kernels: list[str] = field(default_factory=list)  # every kernel symbol, sorted
+    arena_lower_bound: int = 0  # the most bytes of arena buffers alive at one step: no plan can do better
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -85,20 +90,28 @@ class Plan:
             tensors=[Tensor(**{**t, "shape": tuple(t["shape"])}) for t in d["tensors"]],
             storages=[Storage(**s) for s in d["storages"]],
             constants=[Constant(**{**c, "shape": tuple(c["shape"])}) for c in d["constants"]],
-            calls=[Call(**c) for c in d["calls"]], arena_bytes=d["arena_bytes"], kernels=list(d["kernels"]))
+            calls=[Call(**c) for c in d["calls"]], arena_bytes=d["arena_bytes"], kernels=list(d["kernels"]),
+            arena_lower_bound=d["arena_lower_bound"])
 
 
 def _align(n: int) -> int:
     return (n + ARENA_ALIGN - 1) // ARENA_ALIGN * ARENA_ALIGN
 
 
+def lower_bound(storages: list[Storage]) -> int:
+    """The most bytes of arena buffers alive at any one step (alignment aside)."""
+    arena = [s for s in storages if s.kind in IN_ARENA]
+    steps = sorted({s.first for s in arena})  # the peak is reached where some buffer starts
+    return max((sum(s.nbytes for s in arena if s.first <= t <= s.last) for t in steps), default=0)
+
+
 def plan_arena(storages: list[Storage]) -> int:
-    """Give each storage an arena offset so that storages alive at the same step never overlap.
+    """Give each arena buffer an offset so that buffers alive at the same step never overlap.
 
     Greedy first fit, largest first: returns the arena size in bytes.
     """
     placed: list[Storage] = []
-    for s in sorted(storages, key=lambda s: (-s.nbytes, s.id)):
+    for s in sorted((s for s in storages if s.kind in IN_ARENA), key=lambda s: (-s.nbytes, s.id)):
         offset = 0
         live = [p for p in placed if p.first <= s.last and s.first <= p.last]
         for p in sorted(live, key=lambda p: p.offset):
@@ -107,4 +120,4 @@ def plan_arena(storages: list[Storage]) -> int:
             offset = max(offset, _align(p.offset + p.nbytes))
         s.offset = offset
         placed.append(s)
-    return _align(max((s.offset + s.nbytes for s in storages), default=0))
+    return _align(max((s.offset + s.nbytes for s in placed), default=0))

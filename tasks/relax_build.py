@@ -18,8 +18,8 @@ import numpy as np
 from tasks import fsutil
 from tasks.config import EXTERNAL_FILE, KERNELS_FILE
 from tasks.importer import ModelSignature, load_relax
-from tasks.plan import (ARENA_ALIGN, HOME_ARENA, HOME_CONST, HOME_INPUT, STORAGE_WORKSPACE, Call, Constant, Plan,
-                        Storage, Tensor, plan_arena)
+from tasks.plan import (ARENA_ALIGN, HOME_ARENA, HOME_CONST, HOME_INPUT, STORAGE_OUTPUT, STORAGE_TENSORS,
+                        STORAGE_WORKSPACE, Call, Constant, Plan, Storage, Tensor, lower_bound, plan_arena)
 
 # Runtime checks the VM does on `main`'s arguments; the typed C API makes them hold statically.
 _IGNORED_EXTERNS = {"vm.builtin.check_tensor_info", "vm.builtin.match_shape"}
@@ -74,7 +74,7 @@ class _PlanBuilder:
         self.kernels: dict[str, Any] = {}  # prefixed symbol → PrimFunc
         self.var_tensor: dict[Any, int] = {}  # Relax Var → tensor id (Vars are keyed by object: names repeat)
         self.var_tuple: dict[Any, list[int]] = {}  # Relax Var bound to a tuple → its tensors
-        self.var_storage: dict[Any, int] = {}
+        self.var_storage: dict[Any, int] = {}  # TVM storage Var → its size (checked, not used)
         self.const_tensor: list[tuple[Any, int]] = []  # (GenericConst, tensor id), compared with same_as
         self.step = 0
         self.inputs = [self._new_tensor(p.name, p.ty, HOME_INPUT, i) for i, p in enumerate(main.params)]
@@ -153,13 +153,16 @@ class _PlanBuilder:
             if op.name in _IGNORED_OPS:
                 return
             if op.name == "relax.vm.alloc_storage":
-                nbytes = int(value.args[0].values[0])
-                self.storages.append(Storage(len(self.storages), nbytes, self.step, self.step))
-                self.var_storage[var] = len(self.storages) - 1
+                # TVM's storages group tensors whose lifetimes do not overlap; crtforge plans every tensor as a
+                # buffer of its own instead (tasks/plan.py), so the storage itself allocates nothing.
+                self.var_storage[var] = int(value.args[0].values[0])
                 return
             if op.name == "relax.vm.alloc_tensor":
-                sid = self.var_storage[value.args[0]]
-                self.var_tensor[var] = self._new_tensor(var.name, var.ty, HOME_ARENA, sid, int(value.args[1].value))
+                if value.args[0] not in self.var_storage:
+                    raise self._fail(f"'{var.name}' is allocated in an unknown storage.")
+                sid = len(self.storages)
+                self.var_tensor[var] = self._new_tensor(var.name, var.ty, HOME_ARENA, sid)
+                self.storages.append(Storage(sid, self.tensors[self.var_tensor[var]].nbytes, self.step, self.step))
                 return
             raise self._fail(f"the lowered main uses op '{op.name}', which crtforge's executor does not support.")
         if isinstance(op, relax.ExternFunc):
@@ -215,10 +218,16 @@ def extract_plan(lowered, prefix: str, source: Path,
         for binding in block.bindings:
             builder.bind(binding)
     outputs = builder.outputs(body.body)
-    for tid in outputs:  # outputs are copied out at the very end
+    for index, tid in enumerate(outputs):
         t = builder.tensors[tid]
-        if t.home == HOME_ARENA:
-            builder.storages[t.index].last = builder.step
+        if t.home != HOME_ARENA:
+            continue  # an input or a constant returned as is: copied out at the end
+        buffer = builder.storages[t.index]
+        if buffer.kind == STORAGE_TENSORS and buffer.nbytes == t.nbytes:
+            # Computed straight into the caller's output buffer: no arena bytes, no copy.
+            buffer.kind, buffer.output = STORAGE_OUTPUT, index
+        else:
+            buffer.last = builder.step  # the same buffer returned twice: copied out at the end
     called = {c.kernel for c in builder.calls}
     plan = Plan(inputs=builder.inputs, outputs=outputs, tensors=builder.tensors, storages=builder.storages,
                 constants=builder.constants, calls=builder.calls, kernels=sorted(called))
@@ -289,6 +298,7 @@ def build(source: Path, prefix: str, target_json: dict[str, Any], where: str = "
         runtime_module.import_module(ext)
     add_workspaces(plan, workspace)
     plan.arena_bytes = plan_arena(plan.storages)
+    plan.arena_lower_bound = lower_bound(plan.storages)
     return BuildResult(plan=plan, params={**params, **ext_constants}, runtime_module=runtime_module,
                        external_modules=tuple(ext_modules))
 

@@ -45,3 +45,24 @@ def test_random_plans_are_valid_and_never_worse_than_no_reuse():
 
 def test_empty_plan_needs_no_arena():
     assert plan_arena([]) == 0
+
+
+def test_lower_bound_is_the_peak_of_live_bytes():
+    from tasks.plan import STORAGE_OUTPUT, STORAGE_WORKSPACE, lower_bound
+
+    storages = [Storage(0, 100, 0, 3), Storage(1, 50, 2, 5), Storage(2, 70, 4, 4, kind=STORAGE_WORKSPACE),
+                Storage(3, 1000, 1, 5, kind=STORAGE_OUTPUT, output=0)]  # outputs live in the caller's buffer
+    assert lower_bound(storages) == 150  # steps 2-3: 100 + 50 (step 4: 50 + 70)
+    assert plan_arena(storages) >= lower_bound(storages)
+    assert storages[3].offset == -1  # never placed in the arena
+    assert plan_arena([Storage(0, 480, 0, 3, kind=STORAGE_OUTPUT, output=0)]) == 0  # and never sized into it
+
+
+def test_default_models_plan_at_the_lower_bound():
+    from conftest import CONV2D, CONVT, SINE
+    from tasks.relax_build import build
+
+    for source in (SINE, CONV2D, CONVT / "model.onnx"):
+        plan = build(source, "m", {"kind": "c"}).plan
+        assert plan.arena_bytes <= 1.05 * plan.arena_lower_bound, source
+        assert_valid([s for s in plan.storages if s.offset >= 0], plan.arena_bytes)
