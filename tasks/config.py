@@ -19,6 +19,9 @@ TOOLCHAIN_DIR = PROJECT_ROOT / "toolchains"
 BOARD_DIR = PROJECT_ROOT / "boards"
 
 BACKENDS = ("c", "llvm")
+# release: fused kernels (FuseOps/FuseTIR), TVM's argument checks off, the toolchain's release flags.
+# debug: one kernel per op, every check kept, the toolchain's debug flags.
+PROFILES = ("release", "debug")
 # A board's kind decides how its programs run and how they are linked.
 BOARD_RUNNERS = {"host": "native", "linux": "qemu-user", "bare-metal": "qemu-system"}
 # Per backend: the kernels file the build stage writes, and the metadata module files codegen writes.
@@ -54,11 +57,13 @@ class Toolchain:
     ldflags: tuple[str, ...]
     libs: tuple[str, ...]
     debian_package: str
+    profile_cflags: dict[str, tuple[str, ...]]  # "release"/"debug" → optimisation flags
 
     def settings(self) -> dict[str, Any]:
         """What a compile/link task reads, for doit's config_changed."""
         return {"name": self.name, "cc": self.cc, "ar": self.ar, "cflags": list(self.cflags),
-                "ldflags": list(self.ldflags), "libs": list(self.libs)}
+                "ldflags": list(self.ldflags), "libs": list(self.libs),
+                "profile_cflags": {k: list(v) for k, v in self.profile_cflags.items()}}
 
 
 @dataclass(frozen=True)
@@ -127,6 +132,7 @@ class TargetConfig:
     models: tuple[str, ...]
     timeout: float  # seconds one run of the test program may take
     offload: tuple[str, ...] = ()  # external codegens (tasks/offload.py) the build partitions for
+    profile: str = "release"
 
     @property
     def runner(self) -> str:
@@ -138,15 +144,17 @@ class TargetConfig:
         return tvm_target(self.backend, self.board, self.tvm)
 
     def cflags(self) -> list[str]:
-        """Compile flags: the toolchain's, then the board's CPU and ABI flags."""
-        return [f.replace("{triple}", self.board.triple) for f in (*self.toolchain.cflags, *self.board.cflags)]
+        """Compile flags: the toolchain's, its flags for the profile, then the board's CPU and ABI flags."""
+        flags = (*self.toolchain.cflags, *self.toolchain.profile_cflags[self.profile], *self.board.cflags)
+        return [f.replace("{triple}", self.board.triple) for f in flags]
 
     def ldflags(self) -> list[str]:
         return [f.replace("{triple}", self.board.triple) for f in (*self.toolchain.ldflags, *self.board.ldflags)]
 
     def settings(self) -> dict[str, Any]:
         return {"name": self.name, "backend": self.backend, "toolchain": self.toolchain.name,
-                "board": self.board.name, "tvm": self.tvm, "timeout": self.timeout, "offload": list(self.offload)}
+                "board": self.board.name, "tvm": self.tvm, "timeout": self.timeout, "offload": list(self.offload),
+                "profile": self.profile}
 
 
 def tvm_target(backend: str, board: Board, options: dict[str, Any]) -> dict[str, Any]:
@@ -239,14 +247,15 @@ def load_toolchain(name: str, toolchain_dir: Path | tuple[Path, ...] = TOOLCHAIN
     path = _file_in(toolchain_dir, name)
     data = _read_toml(path, "", "toolchain file")
     _check_keys(path, "", data, {"description": str, "cc": str, "ar": str, "cflags": list, "ldflags": list,
-                                  "libs": list, "debian_package": str},
+                                  "libs": list, "debian_package": str, "release_cflags": list, "debug_cflags": list},
                 required=("cc", "ar", "debian_package"))
-    for k in ("cflags", "ldflags", "libs"):
+    for k in ("cflags", "ldflags", "libs", "release_cflags", "debug_cflags"):
         if not all(isinstance(x, str) for x in data.get(k, [])):
             raise ConfigError(path, k, "expected a list of strings.")
     return Toolchain(name=name, file=path, description=data.get("description", ""), cc=data["cc"], ar=data["ar"],
                      cflags=tuple(data.get("cflags", [])), ldflags=tuple(data.get("ldflags", [])),
-                     libs=tuple(data.get("libs", [])), debian_package=data["debian_package"])
+                     libs=tuple(data.get("libs", [])), debian_package=data["debian_package"],
+                     profile_cflags={p: tuple(data.get(f"{p}_cflags", [])) for p in PROFILES})
 
 
 def _dirs(directory: Path | tuple[Path, ...]) -> tuple[Path, ...]:
@@ -362,7 +371,7 @@ def _load_target(file: Path, name: str, table: Any, models: dict[str, ModelConfi
     if not isinstance(table, dict):
         raise ConfigError(file, key, "expected a table.", f"write it as [{key}]")
     _check_keys(file, key, table, {"backend": str, "toolchain": str, "board": str, "runner": str, "tvm": dict,
-                                   "models": list, "timeout": (int, float), "offload": list},
+                                   "models": list, "timeout": (int, float), "offload": list, "profile": str},
                 required=("backend", "toolchain"))
     if table["backend"] not in BACKENDS:
         raise ConfigError(file, f"{key}.backend", f"unknown backend '{table['backend']}'.",
@@ -389,11 +398,14 @@ def _load_target(file: Path, name: str, table: Any, models: dict[str, ModelConfi
         if codegen not in OFFLOAD_CODEGENS:
             raise ConfigError(file, f"{key}.offload[{i}]", f"unknown external codegen {codegen!r}.",
                               f"crtforge has: {', '.join(OFFLOAD_CODEGENS)}")
+    profile = table.get("profile", "release")
+    if profile not in PROFILES:
+        raise ConfigError(file, f"{key}.profile", f"unknown profile '{profile}'.", f"use one of: {', '.join(PROFILES)}")
     timeout = float(table.get("timeout", 60))
     if timeout <= 0:
         raise ConfigError(file, f"{key}.timeout", "must be a positive number of seconds.")
     target = TargetConfig(name=name, backend=table["backend"], toolchain=toolchain, board=board, tvm=dict(tvm_opts),
-                          models=tuple(target_models), timeout=timeout, offload=tuple(offload))
+                          models=tuple(target_models), timeout=timeout, offload=tuple(offload), profile=profile)
     _check_abi(file, key, target)
     return target
 

@@ -78,7 +78,11 @@ def compile_c(target: TargetConfig, source: Path, obj: Path, include_dirs: list[
     cc = require_tool(target.toolchain, target.toolchain.cc)
     obj.parent.mkdir(parents=True, exist_ok=True)
     tmp = obj.with_name(f".{obj.name}.tmp")
-    argv = [cc, *target.cflags(), *warnings, *[f"-I{d}" for d in include_dirs], "-c", str(source), "-o", str(tmp)]
+    # Paths in debug info and __FILE__ relative to the model folder and the project: the same object from any
+    # checkout.
+    maps = [f"-ffile-prefix-map={include_dirs[0]}=.", f"-ffile-prefix-map={PROJECT_ROOT}=crtforge"]
+    argv = [cc, *target.cflags(), *warnings, *maps, *[f"-I{d}" for d in include_dirs], "-c", str(source), "-o",
+            str(tmp)]
     try:
         _run(argv, f"compiling {source.name}")
         tmp.replace(obj)

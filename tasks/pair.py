@@ -126,7 +126,7 @@ def build(p: Pair) -> None:
 
     run_build(p.model.source, p.model.name, p.model.prefix, p.target.name, p.target.tvm_target(),
               signature(p.files.import_json), p.files.dir, where=f"{p.pipeline_file.name}: targets.{p.target.name}.tvm",
-              offload=p.target.offload)
+              offload=p.target.offload, profile=p.target.profile)
 
 
 def classify(p: Pair) -> None:

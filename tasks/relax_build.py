@@ -54,11 +54,25 @@ def make_target(target_json: dict[str, Any], where: str):
         raise BuildError(f"{where}: TVM rejects the target {target_json}: {first}") from None
 
 
-def lower(mod, target):
+def lower(mod, target, profile: str = "debug"):
+    """Relax's default pipeline, to a straight-line `main`; release first fuses ops into fewer kernels."""
+    import tvm
     from tvm import relax
 
+    if profile == "release":
+        mod = tvm.transform.Sequential([
+            relax.transform.DecomposeOpsForInference(), relax.transform.LegalizeOps(),
+            relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(), relax.transform.FuseOps(),
+            relax.transform.FuseTIR()])(mod)
     with target:
         return relax.get_pipeline("default")(mod)
+
+
+def _pass_context(profile: str):
+    """Release drops the kernels' argument checks (a tenth of their code); debug keeps every one."""
+    import tvm
+
+    return tvm.transform.PassContext(config={"tirx.disable_assert": profile == "release"})
 
 
 class _PlanBuilder:
@@ -253,7 +267,7 @@ def workspace_bytes(prim_func, symbol: str) -> int:
     return total
 
 
-def compile_kernels(kernels: dict[str, Any], attrs, target) -> tuple[Any, dict[str, int]]:
+def compile_kernels(kernels: dict[str, Any], attrs, target, profile: str = "debug") -> tuple[Any, dict[str, int]]:
     """The runtime module of `kernels`, and each kernel's workspace bytes.
 
     These are the steps of tvm.tirx.build, done here so that the lowered TIR can be read in between.
@@ -261,14 +275,15 @@ def compile_kernels(kernels: dict[str, Any], attrs, target) -> tuple[Any, dict[s
     import tvm
     from tvm.tirx.build import split_host_device_mods, tir_to_runtime
 
-    mod = tvm.IRModule(kernels, attrs=attrs)
-    mod = tvm.tirx.transform.BindTarget(target.with_host(target))(mod)
-    pipeline, finalize_host, finalize_device = tvm.tirx.get_default_tir_pipeline(target)
-    host_mod, device_mods = split_host_device_mods(pipeline(mod))
-    host_mod = finalize_host()(host_mod)
-    device_mods = {t: finalize_device()(m) for t, m in device_mods.items()}
-    workspace = {gv.name_hint: workspace_bytes(f, gv.name_hint) for gv, f in host_mod.functions.items()}
-    return tir_to_runtime(host_mod, device_mods, target), workspace
+    with _pass_context(profile):
+        mod = tvm.IRModule(kernels, attrs=attrs)
+        mod = tvm.tirx.transform.BindTarget(target.with_host(target))(mod)
+        pipeline, finalize_host, finalize_device = tvm.tirx.get_default_tir_pipeline(target)
+        host_mod, device_mods = split_host_device_mods(pipeline(mod))
+        host_mod = finalize_host()(host_mod)
+        device_mods = {t: finalize_device()(m) for t, m in device_mods.items()}
+        workspace = {gv.name_hint: workspace_bytes(f, gv.name_hint) for gv, f in host_mod.functions.items()}
+        return tir_to_runtime(host_mod, device_mods, target), workspace
 
 
 def add_workspaces(plan: Plan, workspace: dict[str, int]) -> None:
@@ -281,7 +296,7 @@ def add_workspaces(plan: Plan, workspace: dict[str, int]) -> None:
 
 
 def build(source: Path, prefix: str, target_json: dict[str, Any], where: str = "target",
-          offload: tuple[str, ...] = ()) -> BuildResult:
+          offload: tuple[str, ...] = (), profile: str = "debug") -> BuildResult:
     from tasks.offload import OffloadError, external_modules, partition
 
     target = make_target(target_json, where)
@@ -291,9 +306,9 @@ def build(source: Path, prefix: str, target_json: dict[str, Any], where: str = "
         raise BuildError(f"{source}: offload: {e}") from None
     ext_modules, ext_constants = external_modules(mod)
     external = frozenset(f for m in ext_modules for f in m.get_function("get_func_names")())
-    lowered = lower(mod, target)
+    lowered = lower(mod, target, profile)
     plan, params, kernels = extract_plan(lowered, prefix, source, external)
-    runtime_module, workspace = compile_kernels(kernels, lowered.attrs, target)
+    runtime_module, workspace = compile_kernels(kernels, lowered.attrs, target, profile)
     for ext in ext_modules:
         runtime_module.import_module(ext)
     add_workspaces(plan, workspace)
@@ -334,12 +349,12 @@ def write_kernels(result: BuildResult, path: Path, model_name: str, source: Path
 
 def run_build(source: Path, model_name: str, prefix: str, target_name: str, target_json: dict[str, Any],
               signature: ModelSignature, out_dir: Path, where: str = "target",
-              offload: tuple[str, ...] = ()) -> BuildResult:
+              offload: tuple[str, ...] = (), profile: str = "debug") -> BuildResult:
     """Write kernels.c or kernels.o, plan.json, params.npz and modules.json into `out_dir`, and external.c
     when the target offloads."""
     from tasks.classify import inventory
 
-    result = build(source, prefix, target_json, where, offload)
+    result = build(source, prefix, target_json, where, offload, profile)
     if len(result.plan.inputs) != len(signature.inputs) or len(result.plan.outputs) != len(signature.outputs):
         raise BuildError(f"{source}: lowered main has {len(result.plan.inputs)} inputs and "
                          f"{len(result.plan.outputs)} outputs; the model declares {len(signature.inputs)} "

@@ -144,7 +144,7 @@ def relax_tasks(pipeline: Pipeline) -> Iterator[dict[str, Any]]:
                                  *([f.external_c] if target.offload else [])),
                "uptodate": [config_changed({"prefix": model.prefix, "target": target.name,
                                             "tvm_target": target.tvm_target(), "offload": list(target.offload),
-                                            "tvm": tvm_version()})],
+                                            "profile": target.profile, "tvm": tvm_version()})],
                "clean": True}
 
 
@@ -188,7 +188,7 @@ def link_tasks(pipeline: Pipeline) -> Iterator[dict[str, Any]]:
                "targets": _paths(*link_targets(f.dir, model.prefix, target.backend, target.board, offload)),
                "uptodate": [config_changed({"toolchain": target.toolchain.settings(), "board": target.board.settings(),
                                             "model": model.name, "target": target.name, "backend": target.backend,
-                                            "offload": list(target.offload)})],
+                                            "offload": list(target.offload), "profile": target.profile})],
                "clean": True}
 
 

@@ -82,13 +82,13 @@ def test_cross_outputs_agree_with_the_host_reference(cross):
 
 def test_registry_and_weights_live_in_flash(cross):
     """The registry (.data.rel.ro from LLVM) and the weights must be placed in flash, not RAM."""
-    program = cross[0] / "out" / "cortex-m4" / "conv2d" / "program.elf"
+    program = cross[0] / "out" / "cortex-m4" / "convtranspose2d" / "program.elf"
     with open(program, "rb") as f:
         symtab = ELFFile(f).get_section_by_name(".symtab")
         addresses = {s.name: s["st_value"] for s in symtab.iter_symbols()}
-    assert addresses["conv2d_registry"] < 0x20000000
-    assert addresses["conv2d_c0"] < 0x20000000
-    assert addresses["conv2d_arena"] >= 0x20000000
+    assert addresses["convtranspose2d_registry"] < 0x20000000
+    assert addresses["convtranspose2d_c0"] < 0x20000000
+    assert addresses["convtranspose2d_arena"] >= 0x20000000
 
 
 @pytest.mark.parametrize("name", ["kernels.o", "metadata.o"])

@@ -70,7 +70,10 @@ def test_contract_files(project, target, model):
         assert "define ptr @TVMSystemLibEntryPoint()" in metadata
         assert f"declare i32 @__tvm_ffi_{model}_" in metadata
     executor = (d / "executor.c").read_text()
-    assert f"static uint8_t {model}_arena[{model.upper()}_ARENA_BYTES]" in executor
+    if fsutil.read_json(d / "plan.json")["arena_bytes"]:
+        assert f"static uint8_t {model}_arena[{model.upper()}_ARENA_BYTES]" in executor
+    else:  # every tensor is the input, a weight or computed in the output buffer
+        assert "No intermediate tensors: no arena." in executor and f"{model}_arena" not in executor
     assert "malloc" not in executor and "static const float" in executor
     assert f"int32_t {model}_run(const {model}_inputs_t* inputs, {model}_outputs_t* outputs)" in (
         d / f"{model}.h").read_text()
