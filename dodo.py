@@ -70,3 +70,8 @@ def task_sweep():
 
 def task_conformance():
     return wiring.conformance_task(PIPELINE, CONFORMANCE_CASES)
+
+
+def task_bench():
+    """Benchmarks: instructions per inference, flash and RAM, peers; out/bench.md."""
+    yield from wiring.bench_tasks(PIPELINE)

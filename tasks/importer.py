@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from tasks import fsutil
 from tasks.naming import unique_c_identifiers
 
@@ -190,10 +192,42 @@ def op_histogram(mod) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
+def _dims(expr) -> tuple[int, ...] | None:
+    try:
+        return tuple(int(v) for v in expr.ty.shape.values)
+    except (AttributeError, TypeError):
+        return None
+
+
+def count_macs(mod) -> int:
+    """Multiply-accumulates of one inference: matmuls and (transposed) convolutions, from the static shapes."""
+    from tvm import ir, relax
+
+    total = 0
+
+    def visit(expr):
+        nonlocal total
+        if not (isinstance(expr, relax.Call) and isinstance(expr.op, ir.Op)):
+            return
+        name, out = expr.op.name, _dims(expr)
+        if name == "relax.matmul" and out is not None and _dims(expr.args[0]):
+            total += int(np.prod(out)) * _dims(expr.args[0])[-1]
+        elif name.startswith("relax.nn.conv") and _dims(expr.args[0]) and _dims(expr.args[1]) and out:
+            # Each output (each input, when transposed) takes one weight slice: the weight without the axis
+            # its layout names O (I when transposed), e.g. OIHW for ONNX, HWIO for TFLite.
+            weight, layout = _dims(expr.args[1]), str(expr.attrs.kernel_layout)
+            transposed = name.endswith("_transpose")
+            per_element = int(np.prod(weight)) // weight[layout.index("I" if transposed else "O")]
+            total += int(np.prod(_dims(expr.args[0]) if transposed else out)) * per_element
+
+    relax.analysis.post_order_visit(mod["main"].body, visit)
+    return total
+
+
 def run_import(source: Path, out_json: Path) -> ModelSignature:
-    """Import `source`, then write its signature and op counts to `out_json`."""
+    """Import `source`, then write its signature, op counts and MACs to `out_json`."""
     mod = load_relax(source)
     sig = signature(mod, source)
     fsutil.write_json(out_json, {"source": source.name, "sha256": fsutil.sha256_file(source),
-                                 "signature": sig.to_dict(), "ops": op_histogram(mod)})
+                                 "signature": sig.to_dict(), "ops": op_histogram(mod), "macs": count_macs(mod)})
     return sig

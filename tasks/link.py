@@ -12,13 +12,14 @@ import shutil
 import subprocess
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import jinja2
 import numpy as np
 
 from tasks import fsutil
 from tasks.codegen import GeneratedFrom, _env, ctype, weight_lines
-from tasks.config import EXTERNAL_FILE, PROJECT_ROOT, Board, TargetConfig, Toolchain
+from tasks.config import EXTERNAL_FILE, PROJECT_ROOT, Board, Memory, TargetConfig, Toolchain
 from tasks.importer import ModelSignature
 
 CRT_DIR = PROJECT_ROOT / "crt"
@@ -127,14 +128,19 @@ def linker_script(board: Board, memory_bytes: int | None = None) -> str:
                            stack_size=mem.stack_size, heap_size=mem.heap_size)
 
 
-def emit_harness(sig: ModelSignature, inputs: dict[str, np.ndarray], prefix: str, registry_count: int,
-                 gen: GeneratedFrom) -> str:
+def emit_harness_data(sig: ModelSignature, inputs: dict[str, np.ndarray]) -> dict[str, list[dict[str, Any]]]:
+    """The compiled-in inputs and the output buffers of a test or timing program, for its template."""
     ins = [{"name": s.name, "dtype": s.dtype, "shape": s.shape, "ctype": ctype(s.dtype),
             "size": max(int(np.prod(s.shape)), 1), "lines": weight_lines(inputs[s.c_name]) or ["0,"]}
            for s in sig.inputs]
     outs = [{"ctype": ctype(s.dtype), "size": max(int(np.prod(s.shape)), 1)} for s in sig.outputs]
-    return _env().get_template("harness.c.j2").render(p=prefix, gen=gen, inputs=ins, outputs=outs,
-                                                      registry_count=registry_count)
+    return {"inputs": ins, "outputs": outs}
+
+
+def emit_harness(sig: ModelSignature, inputs: dict[str, np.ndarray], prefix: str, registry_count: int,
+                 gen: GeneratedFrom) -> str:
+    return _env().get_template("harness.c.j2").render(p=prefix, gen=gen, registry_count=registry_count,
+                                                      **emit_harness_data(sig, inputs))
 
 
 # --- sizes ----------------------------------------------------------------------------------------------
@@ -142,7 +148,17 @@ def emit_harness(sig: ModelSignature, inputs: dict[str, np.ndarray], prefix: str
 SIZE_KEYS = ("text", "rodata", "data", "bss", "heap", "stack")
 
 
-def section_sizes(elf_path: Path) -> dict[str, int]:
+def in_ram(address: int, flags: int, nobits: bool, memory: Memory | None) -> bool:
+    """Whether an allocated section or symbol lives in RAM: by the board's memory map where there is one
+    (const data with relocations is writable in the ELF yet placed in flash), else by its flags."""
+    from elftools.elf.constants import SH_FLAGS
+
+    if memory is not None:
+        return memory.ram_origin <= address < memory.ram_origin + memory.ram_size
+    return nobits or bool(flags & SH_FLAGS.SHF_WRITE)
+
+
+def section_sizes(elf_path: Path, memory: Memory | None = None) -> dict[str, int]:
     """Bytes per kind of allocated section. The board's reserved .heap and .stack are counted apart from bss;
     flash = text + rodata + data (the initial values of data live in flash), ram = data + bss."""
     from elftools.elf.constants import SH_FLAGS
@@ -154,13 +170,14 @@ def section_sizes(elf_path: Path) -> dict[str, int]:
             flags = sec["sh_flags"]
             if not flags & SH_FLAGS.SHF_ALLOC:
                 continue
+            nobits = sec["sh_type"] == "SHT_NOBITS"
             if sec.name in (".heap", ".stack"):
                 kind = sec.name[1:]
-            elif sec["sh_type"] == "SHT_NOBITS":
+            elif nobits:
                 kind = "bss"
             elif flags & SH_FLAGS.SHF_EXECINSTR:
                 kind = "text"
-            elif flags & SH_FLAGS.SHF_WRITE:
+            elif in_ram(sec["sh_addr"], flags, nobits, memory):
                 kind = "data"
             else:
                 kind = "rodata"
@@ -286,7 +303,7 @@ def run_link(target: TargetConfig, model: str, model_dir: Path, prefix: str, sig
         finally:
             measure.unlink(missing_ok=True)
         try:
-            check_fits(model, target.board, section_sizes(program), arena_bytes)
+            check_fits(model, target.board, section_sizes(program, target.board.memory), arena_bytes)
         except CompileError:
             program.unlink()
             raise
@@ -295,7 +312,7 @@ def run_link(target: TargetConfig, model: str, model_dir: Path, prefix: str, sig
     link_program(target, harness_objects, library, program, script)
 
     stack = target.board.memory.stack_size if target.board.memory else None
-    fsutil.write_json(model_dir / "sizes.json", {"program": section_sizes(program),
+    fsutil.write_json(model_dir / "sizes.json", {"program": section_sizes(program, target.board.memory),
                                                  "library": library_sizes(library_objects),
                                                  "arena_bytes": arena_bytes, "stack_bytes": stack})
     return LinkOutputs(library=library, program=program)

@@ -23,6 +23,7 @@ def tvm_version() -> str:
 
 def user_errors() -> tuple[type[Exception], ...]:
     """Errors the stages raise for bad input or a failed step: shown as one message, not a traceback."""
+    from tasks.bench import BenchError
     from tasks.classify import ClassifyError
     from tasks.codegen import CodegenError
     from tasks.importer import ModelImportError
@@ -31,8 +32,10 @@ def user_errors() -> tuple[type[Exception], ...]:
     from tasks.relax_build import BuildError
     from tasks.run import RunError
 
+    from tasks.qemu_insns import QemuInsnsError
+
     return (ConfigError, ModelImportError, ReferenceError, BuildError, ClassifyError, CodegenError,
-            ToolchainError, CompileError, RunError)
+            ToolchainError, CompileError, RunError, BenchError, QemuInsnsError)
 
 
 @dataclass(frozen=True)

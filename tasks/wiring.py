@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterator, TextIO
 from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
+from tasks import fsutil
 from tasks import pair as stages
 from tasks.config import PROJECT_ROOT, ConfigError, ModelConfig, Pipeline, TargetConfig, load_pipeline
 from tasks.pair import Pair, tvm_version
@@ -297,3 +298,67 @@ def conformance_task(pipeline: Pipeline, cases: list) -> dict[str, Any]:
             "actions": [report], "file_dep": _paths(*vm_files, *results) + _stage("conformance"),
             "targets": _paths(pipeline.out / "conformance.md", pipeline.out / "conformance.json"),
             "verbosity": 2, "clean": True}
+
+
+# --- benchmarks (tasks/bench.py) ----------------------------------------------------------------------------------
+
+HOST_TARGET = "host"  # the peers are compared with this target's builds
+
+
+def bench_tasks(pipeline: Pipeline) -> Iterator[dict[str, Any]]:
+    from tasks import bench
+    from tasks.qemu_insns import PLUGIN_SOURCE, build_plugin
+
+    out = pipeline.out / "bench"
+    plugin = out / "crtforge_insns.so"
+    yield {"basename": "bench-plugin", "doc": "build the qemu TCG plugin that counts instructions",
+           "actions": [_action(build_plugin, out)], "file_dep": _paths(*sorted(PLUGIN_SOURCE.parent.glob("*"))),
+           "targets": _paths(plugin), "clean": True}
+    reports = []
+    for model, target in pipeline.pairs():
+        p = pair(pipeline, model, target)
+        f = p.files
+        timing = [f.dir / "timing.c", f.dir / "obj" / "timing.o", f.dir / "timing.elf"] if target.runner == "native" \
+            else []
+        reports.append(f.dir / "bench.json")
+        yield {"basename": "bench-pair", "name": _name(model, target),
+               "doc": "instructions per inference, sizes split, arena against its lower bound (and wall time on the host)",
+               "actions": [_action(bench.bench_pair, p, plugin)],
+               "file_dep": _paths(f.program, f.plan_json, f.sizes_json, f.import_json, f.classification_json,
+                                  f.dir / f"lib{model.prefix}.a", p.inputs_npz, plugin, target.board.file)
+               + _stage("bench", "qemu_insns", "link", "run", "fsutil") + [str(TEMPLATES / "timing.c.j2")],
+               "targets": _paths(f.dir / "bench.json", *timing), "clean": True}
+    peers = {}
+    for model, target in pipeline.pairs():
+        if target.name != HOST_TARGET or model.name in peers:
+            continue
+        p = pair(pipeline, model, target)
+        peer = "onnxruntime" if model.source.suffix == ".onnx" else "tflm"
+        peers[model.name] = out / "peers" / f"{peer}-{model.name}.json"
+        action = ((bench.peer_onnxruntime, p.model.source, p.reference_dir) if peer == "onnxruntime"
+                  else (bench.peer_tflm, p.model.source, p.reference_dir, out / "peers"))
+        yield {"basename": "bench-peer", "name": f"{peer}/{model.name}",
+               "doc": "the peer on the same model and inputs: onnxruntime's wall time, or TFLM's instructions",
+               "actions": [_action(_write_peer, peers[model.name], *action)],
+               "file_dep": _paths(model.source, p.inputs_npz, p.reference_dir / "reference.json")
+               + _stage("bench", "fsutil"),
+               "targets": _paths(peers[model.name]), "clean": True}
+
+    def write_report() -> None:
+        results = [fsutil.read_json(r) for r in reports]
+        peer_results = {m: fsutil.read_json(path) for m, path in peers.items()}
+        bench.report(results, peer_results, HOST_TARGET, pipeline.out / "bench.json", pipeline.out / "bench.md", out)
+        for c in fsutil.read_json(pipeline.out / "bench.json")["peers"]:
+            print(f"{c['model']}: crtforge / {c['peer']} = {c['ratio']:.3f} ({c['measure']})")
+        print(f"wrote {pipeline.out / 'bench.md'}")
+
+    targets_in_order = list(dict.fromkeys(t.name for _, t in pipeline.pairs()))
+    yield {"basename": "bench", "doc": "benchmarks of every pair and peer: out/bench.md, out/bench.json, plots",
+           "actions": [write_report], "file_dep": _paths(*reports, *peers.values()) + _stage("bench"),
+           "targets": _paths(pipeline.out / "bench.json", pipeline.out / "bench.md",
+                             *(out / f"{t}.png" for t in targets_in_order)),
+           "verbosity": 2, "clean": True}
+
+
+def _write_peer(path: Path, func: Callable[..., dict[str, Any]], *args: Any) -> None:
+    fsutil.write_json(path, func(*args))

@@ -35,7 +35,16 @@ void crtforge_harness_print_error(int32_t status) {
   printf("crtforge-error %ld %s\n", (long)status, crtforge_last_error());
 }
 
+void crtforge_harness_print_stack(long bytes) { printf("crtforge-stack %ld\n", bytes); }
+
 void crtforge_harness_done(void) {
   printf("crtforge-done\n");
   fflush(stdout);
 }
+
+__attribute__((noinline)) void crtforge_bench_start(void) { __asm__ volatile("" ::: "memory"); }
+__attribute__((noinline)) void crtforge_bench_stop(void) { __asm__ volatile("" ::: "memory"); }
+
+/* Boards whose start-up code owns the stack (crt/boards/cortex-m/startup.c) replace these. */
+__attribute__((weak)) void crtforge_stack_paint(void) {}
+__attribute__((weak)) long crtforge_stack_used(void) { return -1; }

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # bench/ and tasks/ are imported from the repository root
 
-from bench.qemu_insns import build_plugin, count_instructions, marker_addresses  # noqa: E402
+from tasks.qemu_insns import build_plugin, count_instructions, marker_addresses  # noqa: E402
 
 # N is read from a volatile global so every N compiles to the same instructions, only the data differs.
 PROGRAM = """

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from elftools.elf.elffile import ELFFile
 
-PLUGIN_SOURCE = Path(__file__).resolve().parent / "plugin" / "crtforge_insns.c"
+PLUGIN_SOURCE = Path(__file__).resolve().parent.parent / "bench" / "plugin" / "crtforge_insns.c"
 _RESULT = re.compile(r"crtforge-insns (\d+) regions=(\d+)")
 
 
@@ -63,8 +63,10 @@ def marker_addresses(elf: Path, start: str, stop: str) -> tuple[int, int]:
     return addrs[0], addrs[1]
 
 
-def count_instructions(run_argv: list[str], plugin: Path, start: int, stop: int, timeout: float) -> tuple[int, int]:
-    """Run `run_argv` (a qemu command line) with the plugin; return (instructions in all regions, regions).
+def count_instructions(run_argv: list[str], plugin: Path, start: int, stop: int,
+                       timeout: float) -> tuple[int, int, str]:
+    """Run `run_argv` (a qemu command line) with the plugin; return (instructions in all regions, regions, the
+    program's standard output).
 
     qemu 7.2's qemu_plugin_outs writes to qemu's log, which is silent unless the "plugin" log item is on,
     so `-d plugin` is added (merged into an existing `-d`): the log then goes to stderr (no -D given).
@@ -87,4 +89,4 @@ def count_instructions(run_argv: list[str], plugin: Path, start: int, stop: int,
         tail = "\n".join(proc.stderr.strip().splitlines()[-10:])
         raise QemuInsnsError(f"counting instructions failed ({what}): {' '.join(argv)}\n{tail}")
     count, regions = matches[-1]
-    return int(count), int(regions)
+    return int(count), int(regions), proc.stdout

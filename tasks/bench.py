@@ -1,0 +1,312 @@
+"""Benchmarks: instructions per inference, flash and RAM split, the arena against its lower bound, and peers
+measured in the same run (onnxruntime's wall time and TFLM's instructions on the host).
+
+Instruction counts are exact and repeatable: under qemu a TCG plugin (bench/plugin/) counts guest
+instructions between the harness's two marker functions around `<prefix>_run`; on the host callgrind
+counts the instructions of `<prefix>_run`. Wall time is measured only against a peer in the same run.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tasks import fsutil
+from tasks.config import Memory
+from tasks.link import in_ram
+from tasks.pair import Pair, generated_from, signature
+
+ROUNDS, ITERATIONS, WARMUP = 5, 200, 20  # wall time: the smallest of ROUNDS medians of ITERATIONS runs
+_STACK = re.compile(r"^crtforge-stack (\d+)$", re.M)
+
+
+class BenchError(Exception):
+    """A measurement that could not be taken: says which and why."""
+
+
+# --- sizes -------------------------------------------------------------------------------------------------------
+
+def _symbols(elf: Path, memory: Memory | None) -> list[tuple[str, int, str]]:
+    """(name, size, kind) of every sized function or object; kind is flash or ram (see link.in_ram)."""
+    from elftools.elf.elffile import ELFFile
+
+    out = []
+    with open(elf, "rb") as f:
+        e = ELFFile(f)
+        sections = list(e.iter_sections())
+        for sym in e.get_section_by_name(".symtab").iter_symbols():
+            if sym["st_size"] == 0 or sym["st_info"]["type"] not in ("STT_FUNC", "STT_OBJECT"):
+                continue
+            if not isinstance(sym["st_shndx"], int):
+                continue
+            sec = sections[sym["st_shndx"]]
+            ram = in_ram(sym["st_value"], sec["sh_flags"], sec["sh_type"] == "SHT_NOBITS", memory)
+            out.append((sym.name, sym["st_size"], "ram" if ram else "flash"))
+    return out
+
+
+def size_split(elf: Path, prefix: str, external_constants: set[str], program_sizes: dict[str, int],
+               memory: Memory | None = None) -> dict[str, Any]:
+    """Flash split into kernels, weights, executor and runtime, the test harness, and libc with the rest;
+    RAM into the arena and the rest of data and bss. From the linked program's symbol table."""
+    weights = re.compile(rf"^{re.escape(prefix)}_c\d+$")
+    flash = dict.fromkeys(("kernels", "weights", "executor_runtime", "harness"), 0)
+    arena = 0
+    for name, size, where in _symbols(elf, memory):
+        if name == f"{prefix}_arena":
+            arena = size
+        if where != "flash":
+            continue
+        if weights.match(name) or name in external_constants:
+            flash["weights"] += size
+        elif name.startswith(f"__tvm_ffi_{prefix}_") or (name.startswith(f"{prefix}_") and name.endswith("_compute_")):
+            flash["kernels"] += size
+        elif name.startswith((f"{prefix}_", "crtforge_", "TVM", "__TVM")) and not name.startswith("crtforge_harness"):
+            flash["executor_runtime"] += size
+        elif re.match(r"^(input|output)_\d+$", name) or name.startswith(("crtforge_harness", "crtforge_bench")) \
+                or name == "main":
+            flash["harness"] += size
+    flash["libc_and_rest"] = program_sizes["flash"] - sum(flash.values())
+    return {"flash": {"total": program_sizes["flash"], **flash},
+            "ram": {"total": program_sizes["ram"], "arena": arena, "data_bss_rest": program_sizes["ram"] - arena}}
+
+
+# --- instructions per inference --------------------------------------------------------------------------------
+
+def callgrind_instructions(argv: list[str], function: str, out_file: Path, timeout: float = 600) -> int:
+    """Instructions executed inside `function` (and what it calls), counted by valgrind's callgrind."""
+    cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_file}", f"--toggle-collect={function}", *argv]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0 or not out_file.exists():
+        raise BenchError(f"callgrind failed (exit {proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-1500:]}")
+    m = re.search(r"^totals: (\d+)", out_file.read_text(), re.M)
+    out_file.unlink()
+    if m is None or int(m.group(1)) == 0:
+        raise BenchError(f"callgrind counted nothing in {function}: {' '.join(cmd)}")
+    return int(m.group(1))
+
+
+def instructions(p: Pair, plugin: Path, scratch: Path) -> tuple[int, int | None]:
+    """(instructions of one inference, stack high-water in bytes or None) for the pair's test program."""
+    from tasks.qemu_insns import count_instructions, marker_addresses
+    from tasks.run import runner_argv
+
+    argv = runner_argv(p.target.board, p.files.program)
+    if p.target.runner == "native":
+        return callgrind_instructions(argv, f"{p.model.prefix}_run", scratch / "callgrind.out"), None
+    start, stop = marker_addresses(p.files.program, "crtforge_bench_start", "crtforge_bench_stop")
+    count, regions, stdout = count_instructions(argv, plugin, start, stop, p.target.timeout)
+    if regions != 1:
+        raise BenchError(f"{p.files.program}: expected one measured inference, the plugin saw {regions}")
+    stack = _STACK.search(stdout)
+    return count, int(stack.group(1)) if stack else None
+
+
+# --- wall time on the host, ours and onnxruntime's ----------------------------------------------------------------------
+
+def host_wall_ns(p: Pair) -> float:
+    """Our library's wall time per inference on the host: the timing program's smallest median."""
+    from tasks.codegen import _env
+    from tasks.link import CRT_INCLUDE, compile_c, emit_harness_data, link_program
+
+    f = p.files
+    data = emit_harness_data(signature(f.import_json), fsutil.load_npz(p.inputs_npz))
+    source = f.dir / "timing.c"
+    fsutil.write_text(source, _env().get_template("timing.c.j2").render(
+        p=p.model.prefix, gen=generated_from(p.model, p.target), rounds=ROUNDS, iterations=ITERATIONS,
+        warmup=WARMUP, **data))
+    obj, program = f.dir / "obj" / "timing.o", f.dir / "timing.elf"
+    compile_c(p.target, source, obj, [f.dir, CRT_INCLUDE])
+    link_program(p.target, [obj], f.dir / f"lib{p.model.prefix}.a", program)
+    out = subprocess.run([str(program)], capture_output=True, text=True, timeout=300)
+    m = re.search(r"crtforge-time-ns ([\d.]+)", out.stdout)
+    if out.returncode != 0 or m is None:
+        raise BenchError(f"{program.name} failed (exit {out.returncode}): {out.stderr[-500:]}")
+    return float(m.group(1))
+
+
+def onnxruntime_wall_ns(model: Path, inputs: dict[str, np.ndarray], names: list[str]) -> float:
+    """onnxruntime, one thread, same inputs: the smallest of ROUNDS medians of ITERATIONS timed runs."""
+    import time
+
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    feed = dict(zip([i.name for i in session.get_inputs()], (inputs[n] for n in names)))
+    for _ in range(WARMUP):
+        session.run(None, feed)
+    best = float("inf")
+    for _ in range(ROUNDS):
+        times = []
+        for _ in range(ITERATIONS):
+            start = time.perf_counter_ns()
+            session.run(None, feed)
+            times.append(time.perf_counter_ns() - start)
+        best = min(best, float(np.median(times)))
+    return best
+
+
+_TFLM_SCRIPT = """
+import sys, numpy as np
+from tflite_micro import runtime
+data = np.load(sys.argv[2])
+interpreter = runtime.Interpreter.from_file(sys.argv[1])
+for i, name in enumerate(sys.argv[3:]):
+    interpreter.set_input(data[name], i)
+interpreter.invoke()
+"""
+
+
+def tflm_instructions(model: Path, inputs_npz: Path, names: list[str], scratch: Path) -> int:
+    """Instructions of one invoke of TFLM's interpreter (the tflite-micro package), counted by callgrind."""
+    script = scratch / "tflm_invoke.py"
+    fsutil.write_text(script, _TFLM_SCRIPT)
+    return callgrind_instructions([sys.executable, str(script), str(model), str(inputs_npz), *names],
+                                  "tflite::micro::MicroInterpreter::Invoke()", scratch / "callgrind.tflm.out")
+
+
+# --- one pair, and the report -----------------------------------------------------------------------------------------
+
+def bench_pair(p: Pair, plugin: Path) -> dict[str, Any]:
+    """Measure one pair; write <pair>/bench.json."""
+    f = p.files
+    plan = fsutil.read_json(f.plan_json)
+    sizes = fsutil.read_json(f.sizes_json)
+    macs = fsutil.read_json(f.import_json).get("macs", 0)
+    const_vars = {c for m in fsutil.read_json(f.classification_json)["modules"] for c in m["const_vars"]}
+    count, stack = instructions(p, plugin, f.dir)
+    workspace = max((s["nbytes"] for s in plan["storages"] if s["kind"] == "workspace"), default=0)
+    result = {
+        "target": p.target.name, "model": p.model.name, "profile": p.target.profile, "backend": p.target.backend,
+        "board": p.target.board.name, "macs": macs, "instructions": count,
+        "instructions_per_mac": round(count / macs, 3) if macs else None,
+        "sizes": size_split(f.program, p.model.prefix, const_vars, sizes["program"], p.target.board.memory),
+        "model_flash": sizes["library"]["flash"],
+        "arena": plan["arena_bytes"], "arena_lower_bound": plan["arena_lower_bound"],
+        "arena_ratio": round(plan["arena_bytes"] / plan["arena_lower_bound"], 4) if plan["arena_lower_bound"] else 1.0,
+        "workspace_peak": workspace, "stack_high_water": stack, "stack_reserved": sizes["stack_bytes"],
+        "wall_ns": host_wall_ns(p) if p.target.runner == "native" else None,
+    }
+    fsutil.write_json(f.dir / "bench.json", result)
+    return result
+
+
+def peer_onnxruntime(source: Path, reference_dir: Path) -> dict[str, Any]:
+    names = [t["c_name"] for t in fsutil.read_json(reference_dir / "reference.json")["signature"]["inputs"]]
+    return {"peer": "onnxruntime", "wall_ns": onnxruntime_wall_ns(source, fsutil.load_npz(reference_dir / "inputs.npz"),
+                                                                  names)}
+
+
+def peer_tflm(source: Path, reference_dir: Path, scratch: Path) -> dict[str, Any]:
+    names = [t["c_name"] for t in fsutil.read_json(reference_dir / "reference.json")["signature"]["inputs"]]
+    return {"peer": "tflm", "instructions": tflm_instructions(source, reference_dir / "inputs.npz", names, scratch)}
+
+
+def _fmt(x: float | int | None, spec: str = ",") -> str:
+    return "n/a" if x is None else format(x, spec)
+
+
+def report(results: list[dict[str, Any]], peers: dict[str, dict[str, Any]], host: str, out_json: Path,
+           out_md: Path, plot_dir: Path) -> list[Path]:
+    """bench.json, bench.md and one plot per target; returns the plots written."""
+    by_pair = {(r["target"], r["model"]): r for r in results}
+    comparisons = []
+    for model, peer in sorted(peers.items()):
+        ours = by_pair.get((host, model))
+        if ours is None:
+            continue
+        if peer["peer"] == "onnxruntime":
+            comparisons.append({"model": model, "peer": "onnxruntime", "measure": "wall ns per inference, host",
+                                "ours": ours["wall_ns"], "theirs": peer["wall_ns"],
+                                "ratio": round(ours["wall_ns"] / peer["wall_ns"], 4)})
+        else:
+            comparisons.append({"model": model, "peer": "tflm", "measure": "instructions per inference, host",
+                                "ours": ours["instructions"], "theirs": peer["instructions"],
+                                "ratio": round(ours["instructions"] / peer["instructions"], 4)})
+    profiles = []
+    for r in results:
+        debug = by_pair.get((f"{r['target']}-debug", r["model"]))
+        if r["profile"] == "release" and debug and debug["profile"] == "debug":
+            profiles.append({"target": r["target"], "model": r["model"], "release_flash": r["sizes"]["flash"]["total"],
+                             "debug_flash": debug["sizes"]["flash"]["total"], "release_model_flash": r["model_flash"],
+                             "debug_model_flash": debug["model_flash"]})
+    fsutil.write_json(out_json, {"results": results, "peers": comparisons, "profiles": profiles})
+    fsutil.write_text(out_md, _markdown(results, comparisons, profiles))
+    return [_plot(target, [r for r in results if r["target"] == target], plot_dir)
+            for target in dict.fromkeys(r["target"] for r in results)]
+
+
+def _markdown(results, comparisons, profiles) -> str:
+    lines = ["# crtforge benchmarks", "",
+             "Instructions per inference are exact: guest instructions between the harness's markers under qemu "
+             "(TCG plugin), or callgrind's count of `<model>_run` on the host. Sizes are bytes of the linked test "
+             "program; the model's own flash is its library (kernels, metadata, executor, runtime).", ""]
+    for target in dict.fromkeys(r["target"] for r in results):
+        rows = [r for r in results if r["target"] == target]
+        lines += [f"## {target} ({rows[0]['board']}, {rows[0]['backend']}, {rows[0]['profile']})", "",
+                  "| model | MACs | instructions | per MAC | flash | kernels | weights | executor+runtime | harness "
+                  "| libc+rest | RAM | arena | arena lower bound | arena/LB | workspace | stack high-water |",
+                  "|---|" + "---:|" * 15]
+        for r in rows:
+            f, ram = r["sizes"]["flash"], r["sizes"]["ram"]
+            lines.append(f"| {r['model']} | {_fmt(r['macs'])} | {_fmt(r['instructions'])} | "
+                         f"{_fmt(r['instructions_per_mac'], '.2f')} | {_fmt(f['total'])} | {_fmt(f['kernels'])} | "
+                         f"{_fmt(f['weights'])} | {_fmt(f['executor_runtime'])} | {_fmt(f['harness'])} | "
+                         f"{_fmt(f['libc_and_rest'])} | {_fmt(ram['total'])} | {_fmt(r['arena'])} | "
+                         f"{_fmt(r['arena_lower_bound'])} | {_fmt(r['arena_ratio'], '.3f')} | "
+                         f"{_fmt(r['workspace_peak'])} | {_fmt(r['stack_high_water'])} |")
+        lines.append("")
+    lines += ["## Peers, measured in the same run", "",
+              "| model | peer | measure | crtforge | peer | crtforge / peer |", "|---|---|---|---:|---:|---:|"]
+    for c in comparisons:
+        lines.append(f"| {c['model']} | {c['peer']} | {c['measure']} | {_fmt(round(c['ours']))} | "
+                     f"{_fmt(round(c['theirs']))} | {c['ratio']:.3f} |")
+    lines += ["", "onnxruntime runs single-threaded from Python (its per-call overhead included); TFLM is the "
+              "`tflite-micro` package's interpreter, counted over one `tflite::micro::MicroInterpreter::Invoke()`.", "",
+              "## Release and debug profiles (flash bytes)", "",
+              "| target | model | release program | debug program | release model | debug model |",
+              "|---|---|---:|---:|---:|---:|"]
+    for p in profiles:
+        lines.append(f"| {p['target']} | {p['model']} | {_fmt(p['release_flash'])} | {_fmt(p['debug_flash'])} | "
+                     f"{_fmt(p['release_model_flash'])} | {_fmt(p['debug_model_flash'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def _plot(target: str, rows: list[dict[str, Any]], plot_dir: Path) -> Path:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = [r["model"] for r in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    left.bar(models, [r["instructions"] for r in rows], color="#4472c4")
+    left.set_yscale("log")
+    left.set_ylabel("instructions per inference")
+    left.set_title(f"{target}: instructions per inference")
+    x = np.arange(len(models))
+    right.bar(x - 0.2, [r["sizes"]["flash"]["total"] / 1024 for r in rows], 0.4, label="flash (program)")
+    right.bar(x + 0.2, [r["sizes"]["ram"]["total"] / 1024 for r in rows], 0.4, label="RAM (data + bss)")
+    right.set_xticks(x, models)
+    right.set_ylabel("KiB")
+    right.set_title(f"{target}: memory")
+    right.legend()
+    for ax in (left, right):
+        ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, metadata={"Software": None})  # no version stamp: reruns are identical
+    plt.close(fig)
+    path = plot_dir / f"{target}.png"
+    fsutil.write_bytes(path, buf.getvalue())
+    return path

@@ -1,0 +1,74 @@
+"""Benchmarks: exact, repeatable instruction counts, size splits, the arena bound, peers, and the report."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import CONV2D, SINE, run_doit
+from tasks import fsutil
+from tasks.bench import instructions
+from tasks.config import load_pipeline
+from tasks.pair import Pair
+
+TARGETS = ('[targets.host]\nbackend = "c"\ntoolchain = "host-gcc"\n'
+           '[targets.cortex-m4]\nbackend = "llvm"\ntoolchain = "arm-none-eabi-gcc"\nboard = "mps2-an386"\n'
+           '[targets.cortex-m4-debug]\nbackend = "llvm"\ntoolchain = "arm-none-eabi-gcc"\nboard = "mps2-an386"\n'
+           'profile = "debug"\n')
+
+
+@pytest.fixture(scope="module")
+def benched(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    pipeline = root / "pipeline.toml"
+    pipeline.write_text(f'[models.sine]\nsource = "{SINE}"\n[models.conv2d]\nsource = "{CONV2D}"\n' + TARGETS)
+    result = run_doit(pipeline, "bench")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    return root, pipeline, result
+
+
+def test_every_pair_is_measured(benched):
+    report = fsutil.read_json(benched[0] / "out" / "bench.json")
+    rows = {(r["target"], r["model"]): r for r in report["results"]}
+    assert set(rows) == {(t, m) for t in ("host", "cortex-m4", "cortex-m4-debug") for m in ("sine", "conv2d")}
+    for r in rows.values():
+        assert r["instructions"] > r["macs"] > 0
+        assert r["arena"] <= 1.05 * r["arena_lower_bound"] or r["arena_lower_bound"] == 0
+        flash = r["sizes"]["flash"]
+        assert flash["kernels"] > 0 and flash["weights"] > 0 and flash["libc_and_rest"] > 0
+        assert sum(v for k, v in flash.items() if k != "total") == flash["total"]
+    assert rows[("cortex-m4", "sine")]["sizes"]["flash"]["weights"] == 4 * (16 + 16 + 256 + 16 + 16 + 1)
+    assert 0 < rows[("cortex-m4", "conv2d")]["stack_high_water"] < 32768  # painted and measured on the board
+    assert rows[("host", "sine")]["wall_ns"] > 0 and rows[("host", "sine")]["stack_high_water"] is None
+
+
+def test_instruction_counts_repeat_exactly(benched):
+    root, pipeline_file, _ = benched
+    pipeline = load_pipeline(pipeline_file)
+    plugin = root / "out" / "bench" / "crtforge_insns.so"
+    for target in ("cortex-m4", "host"):
+        p = Pair.at(pipeline.out, pipeline.models["conv2d"], pipeline.targets[target], pipeline.file)
+        assert instructions(p, plugin, root) == instructions(p, plugin, root)
+    emulated = Pair.at(pipeline.out, pipeline.models["conv2d"], pipeline.targets["cortex-m4"], pipeline.file)
+    recorded = fsutil.read_json(emulated.files.dir / "bench.json")["instructions"]
+    assert instructions(emulated, plugin, root)[0] == recorded
+
+
+def test_peers_and_profiles_in_the_report(benched):
+    root, _, result = benched
+    report = fsutil.read_json(root / "out" / "bench.json")
+    peers = {c["peer"]: c for c in report["peers"]}
+    assert peers["tflm"]["model"] == "sine" and peers["tflm"]["theirs"] > 0 and peers["tflm"]["ratio"] > 0
+    assert peers["onnxruntime"]["model"] == "conv2d" and peers["onnxruntime"]["theirs"] > 0
+    assert "sine: crtforge / tflm = " in result.stdout
+    profiles = {p["model"]: p for p in report["profiles"]}
+    for p in profiles.values():
+        assert p["release_flash"] < p["debug_flash"] and p["release_model_flash"] < p["debug_model_flash"]
+    md = (root / "out" / "bench.md").read_text()
+    assert "## cortex-m4 (mps2-an386, llvm, release)" in md and "## Release and debug profiles" in md
+    for target in ("host", "cortex-m4", "cortex-m4-debug"):
+        assert (root / "out" / "bench" / f"{target}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_second_bench_runs_nothing(benched):
+    _, pipeline, _ = benched
+    assert run_doit(pipeline, "bench").executed() == []
