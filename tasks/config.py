@@ -235,6 +235,12 @@ def _type_name(t: type | tuple[type, ...]) -> str:
     return " or ".join(names.get(x, x.__name__) for x in ts)
 
 
+def _check_string_lists(file: Path, data: dict[str, Any], keys: tuple[str, ...]) -> None:
+    for k in keys:
+        if not all(isinstance(x, str) for x in data.get(k, [])):
+            raise ConfigError(file, k, "expected a list of strings.")
+
+
 def _existing_path(file: Path, key: str, value: str, what: str) -> Path:
     path = (file.parent / value).resolve()
     if not path.exists():
@@ -249,9 +255,7 @@ def load_toolchain(name: str, toolchain_dir: Path | tuple[Path, ...] = TOOLCHAIN
     _check_keys(path, "", data, {"description": str, "cc": str, "ar": str, "cflags": list, "ldflags": list,
                                   "libs": list, "debian_package": str, "release_cflags": list, "debug_cflags": list},
                 required=("cc", "ar", "debian_package"))
-    for k in ("cflags", "ldflags", "libs", "release_cflags", "debug_cflags"):
-        if not all(isinstance(x, str) for x in data.get(k, [])):
-            raise ConfigError(path, k, "expected a list of strings.")
+    _check_string_lists(path, data, ("cflags", "ldflags", "libs", "release_cflags", "debug_cflags"))
     return Toolchain(name=name, file=path, description=data.get("description", ""), cc=data["cc"], ar=data["ar"],
                      cflags=tuple(data.get("cflags", [])), ldflags=tuple(data.get("ldflags", [])),
                      libs=tuple(data.get("libs", [])), debian_package=data["debian_package"],
@@ -281,9 +285,7 @@ def load_board(name: str, board_dir: Path | tuple[Path, ...] = BOARD_DIR) -> Boa
     if data["kind"] not in BOARD_RUNNERS:
         raise ConfigError(path, "kind", f"unknown board kind '{data['kind']}'.",
                           f"use one of: {', '.join(BOARD_RUNNERS)}")
-    for k in ("cflags", "ldflags", "run"):
-        if not all(isinstance(x, str) for x in data.get(k, [])):
-            raise ConfigError(path, k, "expected a list of strings.")
+    _check_string_lists(path, data, ("cflags", "ldflags", "run"))
     if "{program}" not in data["run"]:
         raise ConfigError(path, "run", "the command must contain \"{program}\", the program to run.")
     memory = None

@@ -9,7 +9,8 @@ import pytest
 
 from conftest import ROOT
 from tasks.classify import ModuleRecord, classify
-from tasks.codegen import GeneratedFrom, Registry, c_literal, emit_metadata_c, weight_lines
+from tasks.codegen import (GeneratedFrom, Registry, c_literal, compile_ll, emit_metadata_c, emit_metadata_ll,
+                           weight_lines)
 
 GEN = GeneratedFrom(model="m", target="host", source="m.onnx", sha256="0" * 64, tvm_version="0.27.0.post1",
                     header="m.h")
@@ -79,12 +80,22 @@ int main(void) {
 """
 
 
-def test_a_c_program_walks_the_registry_by_name(tmp_path):
-    cls = classify([ModuleRecord("0", "c", 5, ("m_gamma", "m_alpha", "m_beta"), ())])
-    (tmp_path / "metadata.c").write_text(emit_metadata_c(Registry.from_classification("m", cls), GEN))
+@pytest.mark.parametrize("backend", ["c", "llvm"])
+def test_a_c_program_walks_the_registry_by_name(tmp_path, backend):
+    """The same registry from either emitter: metadata.c, or metadata.ll compiled by TVM's LLVM."""
+    mask = 5 if backend == "c" else 6
+    registry = Registry.from_classification(
+        "m", classify([ModuleRecord("0", backend, mask, ("m_gamma", "m_alpha", "m_beta"), ())]))
+    if backend == "c":
+        metadata = tmp_path / "metadata.c"
+        metadata.write_text(emit_metadata_c(registry, GEN))
+    else:
+        (tmp_path / "metadata.ll").write_text(emit_metadata_ll(registry, GEN, {"kind": "llvm"}))
+        metadata = tmp_path / "metadata.o"
+        compile_ll(tmp_path / "metadata.ll", metadata)
     (tmp_path / "main.c").write_text(REGISTRY_TEST)
     exe = tmp_path / "walk"
-    subprocess.run(["gcc", *CFLAGS, str(tmp_path / "metadata.c"), str(tmp_path / "main.c"),
+    subprocess.run(["gcc", *CFLAGS, str(metadata), str(tmp_path / "main.c"),
                     str(ROOT / "crt" / "src" / "registry.c"), "-o", str(exe)], check=True)
     assert subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout == "registry ok\n"
 

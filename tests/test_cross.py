@@ -27,6 +27,7 @@ CROSS_TARGETS = {
     "riscv64-linux": ("c", "riscv64-linux-gnu-gcc", "qemu-riscv64"),
     "cortex-m4-clang": ("llvm", "clang-cortex-m4", "mps2-an386"),
     "aarch64-linux-clang": ("c", "clang-aarch64-linux", "qemu-aarch64"),
+    "host-clang": ("llvm", "host-clang", "host"),
 }
 BIG_MODELS_ON = ("cortex-m4", "cortex-m3")
 

@@ -8,12 +8,11 @@ import pytest
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
-from conftest import ROOT, SINE
+from conftest import SINE
 from tasks import relax_build
-from tasks.classify import ModuleRecord, classify, inventory
+from tasks.classify import classify, inventory
 from tasks.codegen import GeneratedFrom, Registry, compile_ll, emit_metadata_ll
 from tasks.link import CompileError, check_duplicate_symbols
-from test_codegen import CFLAGS, REGISTRY_TEST
 
 GEN = GeneratedFrom(model="sine", target="host-llvm", source="sine_float.tflite", sha256="0" * 64,
                     tvm_version="0.27.0.post1", header="sine.h")
@@ -73,18 +72,6 @@ def test_metadata_object_is_for_the_kernels_target(objects):
         ea, eb = ELFFile(a), ELFFile(b)
         assert (ea["e_machine"], ea.elfclass, ea.little_endian) == (eb["e_machine"], eb.elfclass, eb.little_endian)
     assert 'target triple = "' in (d / "metadata.ll").read_text()
-
-
-def test_a_c_program_walks_the_llvm_registry_by_name(tmp_path):
-    registry = Registry.from_classification(
-        "m", classify([ModuleRecord("0", "llvm", 6, ("m_gamma", "m_alpha", "m_beta"), ())]))
-    (tmp_path / "metadata.ll").write_text(emit_metadata_ll(registry, GEN, {"kind": "llvm"}))
-    compile_ll(tmp_path / "metadata.ll", tmp_path / "metadata.o")
-    (tmp_path / "main.c").write_text(REGISTRY_TEST)
-    exe = tmp_path / "walk"
-    subprocess.run(["gcc", *CFLAGS, str(tmp_path / "metadata.o"), str(tmp_path / "main.c"),
-                    str(ROOT / "crt" / "src" / "registry.c"), "-o", str(exe)], check=True)
-    assert subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout == "registry ok\n"
 
 
 def test_duplicate_symbols_across_linked_objects_name_both(tmp_path):
