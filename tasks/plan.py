@@ -105,19 +105,43 @@ def lower_bound(storages: list[Storage]) -> int:
     return max((sum(s.nbytes for s in arena if s.first <= t <= s.last) for t in steps), default=0)
 
 
+def _first_fit(buffers: list[Storage]) -> dict[int, int]:
+    """Offsets for `buffers` placed in this order, each at the lowest offset free for its whole lifetime."""
+    offsets: dict[int, int] = {}
+    placed: list[Storage] = []
+    for s in buffers:
+        offset = 0
+        live = [p for p in placed if p.first <= s.last and s.first <= p.last]
+        for p in sorted(live, key=lambda p: offsets[p.id]):
+            if offset + s.nbytes <= offsets[p.id]:
+                break
+            offset = max(offset, _align(offsets[p.id] + p.nbytes))
+        offsets[s.id] = offset
+        placed.append(s)
+    return offsets
+
+
+# Placement orders for first fit; none is best for every plan, so each is tried.
+_ORDERS = (
+    lambda s: (-s.nbytes, s.id),  # largest first
+    lambda s: (s.first, -s.nbytes, s.id),  # in order of allocation
+    lambda s: (-(s.last - s.first), -s.nbytes, s.id),  # longest-lived first
+    lambda s: (-s.nbytes * (s.last - s.first + 1), s.id),  # most bytes x steps first
+)
+
+
 def plan_arena(storages: list[Storage]) -> int:
     """Give each arena buffer an offset so that buffers alive at the same step never overlap.
 
-    Greedy first fit, largest first: returns the arena size in bytes.
+    First fit in a few orders; the smallest arena wins (ties: the first order). Returns its size in bytes.
     """
-    placed: list[Storage] = []
-    for s in sorted((s for s in storages if s.kind in IN_ARENA), key=lambda s: (-s.nbytes, s.id)):
-        offset = 0
-        live = [p for p in placed if p.first <= s.last and s.first <= p.last]
-        for p in sorted(live, key=lambda p: p.offset):
-            if offset + s.nbytes <= p.offset:
-                break
-            offset = max(offset, _align(p.offset + p.nbytes))
-        s.offset = offset
-        placed.append(s)
-    return _align(max((s.offset + s.nbytes for s in placed), default=0))
+    buffers = [s for s in storages if s.kind in IN_ARENA]
+    best: tuple[int, dict[int, int]] = (-1, {})
+    for order in _ORDERS:
+        offsets = _first_fit(sorted(buffers, key=order))
+        size = _align(max((offsets[s.id] + s.nbytes for s in buffers), default=0))
+        if best[0] < 0 or size < best[0]:
+            best = (size, offsets)
+    for s in buffers:
+        s.offset = best[1][s.id]
+    return max(best[0], 0)

@@ -68,3 +68,15 @@ def test_default_models_plan_at_the_lower_bound():
         plan = build(source, "m", {"kind": "c"}).plan
         assert plan.arena_bytes <= 1.05 * plan.arena_lower_bound, source
         assert_valid(plan.storages, plan.arena_bytes)
+
+
+def test_a_workspace_does_not_push_a_tensor_past_the_lower_bound():
+    """The debug conv net's shape: largest-first alone gives 98,304 bytes for a bound of 84,032."""
+    from tasks.plan import STORAGE_WORKSPACE, lower_bound
+
+    storages = [Storage(0, 32768, 5, 9), Storage(1, 32768, 8, 12), Storage(2, 32768, 11, 15),
+                Storage(3, 16384, 14, 18), Storage(4, 16384, 17, 22), Storage(9, 13888, 6, 6, kind=STORAGE_WORKSPACE),
+                Storage(10, 34880, 15, 15, kind=STORAGE_WORKSPACE)]
+    arena = plan_arena(storages)
+    assert_valid(storages, arena)
+    assert arena <= 1.05 * lower_bound(storages) == 1.05 * 84032
