@@ -15,6 +15,10 @@ import numpy as np
 
 def write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
+    # A process killed between writing and renaming leaves its temp file: the next write of this file
+    # clears it (one doit at a time per pipeline, so no live writer owns it).
+    for stale in path.parent.glob(f".{path.name}.tmp*"):
+        stale.unlink(missing_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         tmp.write_bytes(data)
