@@ -24,11 +24,11 @@ graph therefore uses explicit ``pads=[0,0,1,1]`` for the stride-2 conv (and [1,1
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from tasks import fsutil
 
 MLP_SIZES: tuple[int, ...] = (256, 512, 512, 10)
 
@@ -119,26 +119,6 @@ def _same_pads(size: int, k: int, stride: int) -> tuple[int, int]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    # A temp file in the same directory, then os.replace: readers never see a half-written model.
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; models are ordinary readable artefacts
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 # ---------------------------------------------------------------------------------------------
 # ONNX
 # ---------------------------------------------------------------------------------------------
@@ -161,7 +141,7 @@ def _onnx_save(path: Path, nodes: list, inits: dict[str, np.ndarray], x_shape: l
                               opset_imports=[helper.make_opsetid("", ONNX_OPSET)],
                               ir_version=ONNX_IR_VERSION)
     onnx.checker.check_model(model, full_check=True)
-    _atomic_write(path, model.SerializeToString())
+    fsutil.write_bytes(Path(path), model.SerializeToString())
 
 
 def write_onnx_mlp(path: Path, weights: dict[str, np.ndarray]) -> None:
@@ -404,7 +384,7 @@ def write_tflite_mlp(path: Path, weights: dict[str, np.ndarray]) -> None:
         operators.append((tflite.BuiltinOperator.FULLY_CONNECTED, [cur, w_idx, w_idx + 1],
                           [out_idx], _fc_options(act)))
         cur = out_idx
-    _atomic_write(Path(path), _tflite_bytes(tensors, operators, [0], [cur], "crtforge bench mlp"))
+    fsutil.write_bytes(Path(path), _tflite_bytes(tensors, operators, [0], [cur], "crtforge bench mlp"))
 
 
 def write_tflite_convnet(path: Path, weights: dict[str, np.ndarray]) -> None:
@@ -440,7 +420,7 @@ def write_tflite_convnet(path: Path, weights: dict[str, np.ndarray]) -> None:
         (op.RESHAPE, [6, 7], [8], _reshape_options([1, CONV_FLAT])),
         (op.FULLY_CONNECTED, [8, 9, 10], [11], _fc_options(none)),
     ]
-    _atomic_write(Path(path), _tflite_bytes(tensors, operators, [0], [11], "crtforge bench convnet"))
+    fsutil.write_bytes(Path(path), _tflite_bytes(tensors, operators, [0], [11], "crtforge bench convnet"))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -105,7 +105,7 @@ def run_vm(case: Case, out_dir: Path) -> dict[str, Any]:
 
     from tasks.compare import compare_one
     from tasks.importer import load_relax, signature
-    from tasks.reference import expected_outputs, make_inputs, vm_outputs
+    from tasks.reference import expected_outputs, make_inputs, vm_outputs, write_reference
 
     model = case.model()
     result: dict[str, Any] = {"case": case.name, "ok": False, "error": None, "max_abs_error": None}
@@ -114,10 +114,7 @@ def run_vm(case: Case, out_dir: Path) -> dict[str, Any]:
         sig = signature(mod, model.source)
         inputs = make_inputs(model.name, sig, None, model.expected)
         expected = expected_outputs(sig, model.expected)
-        fsutil.save_npz(out_dir / "inputs.npz", inputs)
-        fsutil.save_npz(out_dir / "reference.npz", expected)
-        fsutil.write_json(out_dir / "reference.json", {"reference": f"expected ({model.expected.name})",
-                                                       "signature": sig.to_dict()})
+        write_reference(out_dir, sig, inputs, expected, f"expected ({model.expected.name})")
         actual = vm_outputs(mod, sig, inputs)
         checks = [compare_one(np.asarray(actual[s.c_name]), expected[s.c_name], RTOL, ATOL) for s in sig.outputs]
         result["ok"] = all(c["passed"] for c in checks)

@@ -158,9 +158,14 @@ def in_ram(address: int, flags: int, nobits: bool, memory: Memory | None) -> boo
     return nobits or bool(flags & SH_FLAGS.SHF_WRITE)
 
 
+def with_totals(sizes: dict[str, int]) -> dict[str, int]:
+    """flash = text + rodata + data (the initial values of data live in flash), ram = data + bss."""
+    return {**sizes, "flash": sizes["text"] + sizes["rodata"] + sizes["data"], "ram": sizes["data"] + sizes["bss"]}
+
+
 def section_sizes(elf_path: Path, memory: Memory | None = None) -> dict[str, int]:
-    """Bytes per kind of allocated section. The board's reserved .heap and .stack are counted apart from bss;
-    flash = text + rodata + data (the initial values of data live in flash), ram = data + bss."""
+    """Bytes per kind of allocated section, with_totals. The board's reserved .heap and .stack are counted
+    apart from bss."""
     from elftools.elf.constants import SH_FLAGS
     from elftools.elf.elffile import ELFFile
 
@@ -182,7 +187,7 @@ def section_sizes(elf_path: Path, memory: Memory | None = None) -> dict[str, int
             else:
                 kind = "rodata"
             sizes[kind] += sec["sh_size"]
-    return {**sizes, "flash": sizes["text"] + sizes["rodata"] + sizes["data"], "ram": sizes["data"] + sizes["bss"]}
+    return with_totals(sizes)
 
 
 def library_sizes(objects: list[Path]) -> dict[str, int]:
@@ -192,7 +197,7 @@ def library_sizes(objects: list[Path]) -> dict[str, int]:
         for k, v in section_sizes(obj).items():
             if k in total:
                 total[k] += v
-    return {**total, "flash": total["text"] + total["rodata"] + total["data"], "ram": total["data"] + total["bss"]}
+    return with_totals(total)
 
 
 def check_fits(model: str, board: Board, sizes: dict[str, int], arena_bytes: int) -> None:

@@ -77,6 +77,11 @@ class PairFiles:
     def test_json(self) -> Path: return self.dir / "test.json"
 
 
+def reference_dir(out: Path, model: ModelConfig) -> Path:
+    """The model's inputs and reference outputs, shared by its targets ('_' starts no target name)."""
+    return out / "_models" / model.name
+
+
 @dataclass(frozen=True)
 class Pair:
     model: ModelConfig
@@ -87,10 +92,9 @@ class Pair:
 
     @staticmethod
     def at(out: Path, model: ModelConfig, target: TargetConfig, pipeline_file: Path) -> "Pair":
-        """The pair's files under out/<target>/<model>/; references in out/_models/<model>/ ('_' starts no
-        target name)."""
+        """The pair's files under out/<target>/<model>/, and the model's reference_dir."""
         return Pair(model, target, PairFiles(out / target.name / model.name, model.prefix, target.backend),
-                    out / "_models" / model.name, pipeline_file)
+                    reference_dir(out, model), pipeline_file)
 
     @property
     def inputs_npz(self) -> Path:

@@ -104,7 +104,13 @@ def run_reference(model_name: str, source: Path, inputs: Path | None, expected: 
         ref, kind = expected_outputs(sig, expected), f"expected ({expected.name})"
     else:
         ref, kind = vm_outputs(mod, sig, arrays), "tvm-relax-vm"
-    fsutil.save_npz(out_dir / "inputs.npz", arrays)
-    fsutil.save_npz(out_dir / "reference.npz", ref)
-    fsutil.write_json(out_dir / "reference.json", {"reference": kind, "signature": sig.to_dict()})
+    write_reference(out_dir, sig, arrays, ref, kind)
     return kind
+
+
+def write_reference(out_dir: Path, sig: ModelSignature, inputs: dict[str, np.ndarray],
+                    reference: dict[str, np.ndarray], kind: str) -> None:
+    """inputs.npz, reference.npz (keyed by C name) and reference.json, as the pipeline's later stages read them."""
+    fsutil.save_npz(out_dir / "inputs.npz", inputs)
+    fsutil.save_npz(out_dir / "reference.npz", reference)
+    fsutil.write_json(out_dir / "reference.json", {"reference": kind, "signature": sig.to_dict()})

@@ -18,7 +18,7 @@ from doit.tools import config_changed
 from tasks import fsutil
 from tasks import pair as stages
 from tasks.config import PROJECT_ROOT, ConfigError, ModelConfig, Pipeline, TargetConfig, load_pipeline
-from tasks.pair import Pair, tvm_version
+from tasks.pair import Pair, reference_dir, tvm_version
 
 TASKS_DIR = Path(__file__).resolve().parent
 TEMPLATES = TASKS_DIR / "templates"
@@ -113,7 +113,7 @@ def reference_tasks(pipeline: Pipeline) -> Iterator[dict[str, Any]]:
     for model in pipeline.models.values():
         if model.name not in used:
             continue
-        out = Pair.at(pipeline.out, model, next(iter(pipeline.targets.values())), pipeline.file).reference_dir
+        out = reference_dir(pipeline.out, model)
         yield {"name": model.name, "doc": "inputs and reference outputs of a model (expected, or TVM's Relax VM)",
                "actions": [_action(stages.reference, model, out)],
                "file_dep": _model_files(model) + _stage("reference", "importer", "fsutil", "naming"),
