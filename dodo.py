@@ -1,28 +1,30 @@
 """crtforge: `doit build` and `doit test` for the pipeline in pipeline.toml (or `pipeline=PATH`).
 
-Thin on purpose: it reads the pipeline and yields the tasks that tasks/wiring.py describes.
+Thin on purpose: it reads the pipeline and yields the tasks that tasks/wiring.py describes. At load it does only
+what every command needs: validate the pipeline and make its out folder, where doit keeps its database.
 """
+
+import sys
 
 from doit import get_var
 
 from tasks import wiring
 
+wiring.exit_on_interrupt()
 PIPELINE = wiring.load(get_var("pipeline", "pipeline.toml"))
 DOIT_CONFIG = wiring.doit_config(PIPELINE)
-# Held until this process ends: another doit on the same pipeline waits for this one.
-PIPELINE_LOCK = wiring.lock(PIPELINE)
-# `doit conformance conformance=pc_Conv*,simple_*` sweeps a subset of the onnx package's model tests.
-CONFORMANCE_CASES = wiring.conformance_cases(get_var("conformance", "*"))
+# Held until this process ends, by commands that build: another doit on the same out folder waits for this one.
+PIPELINE_LOCK = wiring.lock(PIPELINE, sys.argv)
+
+
+def task_import():
+    """Stage 1: import each model into Relax (once per model)."""
+    yield from wiring.import_tasks(PIPELINE)
 
 
 def task_reference():
     """Inputs and reference outputs per model."""
     yield from wiring.reference_tasks(PIPELINE)
-
-
-def task_import():
-    """Stage 1: import each model into Relax."""
-    yield from wiring.import_tasks(PIPELINE)
 
 
 def task_relax():
@@ -63,13 +65,10 @@ def task_test():
     return wiring.test_task(PIPELINE)
 
 
-def task_sweep():
-    """Conformance: one ONNX test through every stage on one target (outcome recorded, never raised)."""
-    yield from wiring.sweep_tasks(PIPELINE, CONFORMANCE_CASES)
-
-
+@wiring.delayed_creator("conformance", "sweep", "sweep-vm")
 def task_conformance():
-    return wiring.conformance_task(PIPELINE, CONFORMANCE_CASES)
+    """Conformance: the onnx package's model tests on host, host-llvm and cortex-m4 (conformance=GLOBS)."""
+    yield from wiring.conformance_tasks(PIPELINE, get_var("conformance", "*"))
 
 
 def task_bench():

@@ -7,12 +7,14 @@ Every error names the file and the key, and says how to fix it. Nothing here imp
 from __future__ import annotations
 
 import difflib
+import math
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
-from tasks.naming import c_identifier, is_valid_name
+from tasks.errors import CrtforgeError
+from tasks.naming import MAX_NAME, c_identifier, is_valid_name, prefix_clash_key
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 TOOLCHAIN_DIR = PROJECT_ROOT / "toolchains"
@@ -24,33 +26,48 @@ BACKENDS = ("c", "llvm")
 PROFILES = ("release", "debug")
 # A board's kind decides how its programs run and how they are linked.
 BOARD_RUNNERS = {"host": "native", "linux": "qemu-user", "bare-metal": "qemu-system"}
-# Per backend: the kernels file the build stage writes, and the metadata module files codegen writes.
-KERNELS_FILE = {"c": "kernels.c", "llvm": "kernels.o"}
-METADATA_FILES = {"c": ("metadata.c",), "llvm": ("metadata.ll", "metadata.o")}
-# The build stage writes the C of every external module here, on targets that offload.
-EXTERNAL_FILE = "external.c"
 # External codegens a target may offload to (tasks/offload.py).
 OFFLOAD_CODEGENS = ("crtforge_dense",)
 MODEL_SUFFIXES = (".onnx", ".tflite")
+# What a model's outputs are compared with when it has no `expected`: "auto" is an implementation independent of
+# TVM (onnxruntime for ONNX, TFLM's interpreter for TFLite); "tvm" is TVM's own Relax VM, a second opinion.
+REFERENCES = ("auto", "onnxruntime", "tflm", "tvm")
+REFERENCE_FORMATS = {"onnxruntime": ".onnx", "tflm": ".tflite"}
 
 
-class ConfigError(Exception):
+def read_by(*stages: str) -> Any:
+    """A dataclass field that only these stages read: only their tasks rerun when it changes. A field without
+    it is read by every stage, so a new field can never escape a task's up-to-date check."""
+    return field(metadata={"stages": stages})
+
+
+def settings(obj: Any, *stages: str) -> Any:
+    """The settings of `obj` (a config dataclass, recursively) that any of `stages` reads, as plain data for
+    doit's config_changed."""
+    if is_dataclass(obj):
+        return {f.name: settings(getattr(obj, f.name), *stages) for f in fields(obj)
+                if set(stages) & set(f.metadata.get("stages", stages))}
+    if isinstance(obj, (list, tuple)):
+        return [settings(x, *stages) for x in obj]
+    if isinstance(obj, dict):
+        return {str(k): settings(v, *stages) for k, v in obj.items()}
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+class ConfigError(CrtforgeError):
     """A bad pipeline or toolchain file: `file: key: problem. HINT: fix`."""
 
     def __init__(self, file: Path | str, key: str, problem: str, hint: str = ""):
-        self.file = str(file)
-        self.key = key
-        self.problem = problem
-        self.hint = hint
-        where = f"{self.file}: {key}" if key else self.file
-        super().__init__(f"{where}: {problem}" + (f" HINT: {hint}" if hint else ""))
+        super().__init__(problem, file, key, hint)
 
 
 @dataclass(frozen=True)
 class Toolchain:
     name: str
     file: Path
-    description: str
+    description: str = read_by()
     cc: str
     ar: str
     cflags: tuple[str, ...]
@@ -58,12 +75,6 @@ class Toolchain:
     libs: tuple[str, ...]
     debian_package: str
     profile_cflags: dict[str, tuple[str, ...]]  # "release"/"debug" → optimisation flags
-
-    def settings(self) -> dict[str, Any]:
-        """What a compile/link task reads, for doit's config_changed."""
-        return {"name": self.name, "cc": self.cc, "ar": self.ar, "cflags": list(self.cflags),
-                "ldflags": list(self.ldflags), "libs": list(self.libs),
-                "profile_cflags": {k: list(v) for k, v in self.profile_cflags.items()}}
 
 
 @dataclass(frozen=True)
@@ -81,24 +92,19 @@ class Memory:
 class Board:
     name: str
     file: Path
-    description: str
+    description: str = read_by()
     kind: str  # "host", "linux" or "bare-metal"
     triple: str  # LLVM target triple ("" on the host: TVM's default)
     cpu: str  # TVM's mcpu ("" when not stated)
-    cflags: tuple[str, ...]  # CPU and ABI flags every compile and link uses
-    ldflags: tuple[str, ...]
-    run: tuple[str, ...]  # argv; "{program}" stands for the linked program
-    debian_package: str  # provides run[0]
-    memory: Memory | None  # bare-metal only
+    cflags: tuple[str, ...] = read_by("link", "bench")  # CPU and ABI flags every compile and link uses
+    ldflags: tuple[str, ...] = read_by("link", "bench")
+    run: tuple[str, ...] = read_by("execute", "bench")  # argv; "{program}" stands for the linked program
+    debian_package: str = read_by("execute", "bench")  # provides run[0]
+    memory: Memory | None = read_by("link", "bench")  # bare-metal only
 
     @property
     def runner(self) -> str:
         return BOARD_RUNNERS[self.kind]
-
-    def settings(self) -> dict[str, Any]:
-        return {"name": self.name, "kind": self.kind, "triple": self.triple, "cpu": self.cpu,
-                "cflags": list(self.cflags), "ldflags": list(self.ldflags), "run": list(self.run),
-                "memory": None if self.memory is None else vars(self.memory)}
 
 
 @dataclass(frozen=True)
@@ -106,33 +112,72 @@ class ModelConfig:
     name: str
     prefix: str  # C prefix of every symbol generated for this model
     source: Path
-    inputs: Path | None
-    expected: Path | None
-    rtol: float
-    atol: float
+    inputs: Path | None = read_by("reference")
+    expected: Path | None = read_by("reference")
+    rtol: float = read_by("compare")
+    atol: float = read_by("compare")
+    reference: str = field(default="auto", metadata={"stages": ("reference",)})  # one of REFERENCES
 
     @property
     def format(self) -> str:
         return self.source.suffix.lstrip(".")
 
-    def settings(self) -> dict[str, Any]:
-        return {"name": self.name, "prefix": self.prefix, "source": str(self.source),
-                "inputs": str(self.inputs) if self.inputs else None,
-                "expected": str(self.expected) if self.expected else None,
-                "rtol": self.rtol, "atol": self.atol}
+    def import_files(self) -> list[Path]:
+        """What importing the model reads: the model file and the ONNX external data it names."""
+        return [self.source, *external_data_files(self.source)]
+
+    def files(self) -> list[Path]:
+        """Every file the model reads: its source, ONNX external data, inputs and expected outputs."""
+        files = self.import_files()
+        if self.inputs:
+            files.append(self.inputs)
+        if self.expected:
+            files.extend(sorted(self.expected.rglob("*.pb")) if self.expected.is_dir() else [self.expected])
+        return files
+
+
+def external_data_files(source: Path) -> list[Path]:
+    """The files an ONNX model keeps its tensors in (onnx's save_as_external_data), from the model's own
+    records: a changed weights file must rebuild the model like a changed model file."""
+    if source.suffix != ".onnx":
+        return []
+    try:
+        import onnx
+
+        model = onnx.load(str(source), load_external_data=False)
+    except Exception:  # onnx not installed yet, or not a valid model: the import stage says which
+        return []
+    locations = set()
+    for tensor in _onnx_tensors(model.graph):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            locations.update(e.value for e in tensor.external_data if e.key == "location")
+    return [source.parent / loc for loc in sorted(locations)]
+
+
+def _onnx_tensors(graph) -> Iterator[Any]:
+    """Initializers and constant attributes of a graph and its subgraphs."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from _onnx_tensors(sub)
 
 
 @dataclass(frozen=True)
 class TargetConfig:
     name: str
     backend: str
-    toolchain: Toolchain
+    toolchain: Toolchain = read_by("link", "bench")
     board: Board
-    tvm: dict[str, Any]  # extra TVM target attributes, e.g. {"mfloat-abi": "hard"}
-    models: tuple[str, ...]
-    timeout: float  # seconds one run of the test program may take
-    offload: tuple[str, ...] = ()  # external codegens (tasks/offload.py) the build partitions for
-    profile: str = "release"
+    tvm: dict[str, Any] = read_by("build", "codegen")  # extra TVM target attributes, e.g. {"mfloat-abi": "hard"}
+    models: tuple[str, ...] = read_by()  # which pairs exist, not how one is built
+    timeout: float = read_by("execute", "bench")  # seconds one run of the test program may take
+    # external codegens (tasks/compile/offload.py) the build partitions for
+    offload: tuple[str, ...] = field(default=(), metadata={"stages": ("build", "codegen", "link")})
+    profile: str = field(default="release", metadata={"stages": ("build", "link", "bench")})
 
     @property
     def runner(self) -> str:
@@ -150,11 +195,6 @@ class TargetConfig:
 
     def ldflags(self) -> list[str]:
         return [f.replace("{triple}", self.board.triple) for f in (*self.toolchain.ldflags, *self.board.ldflags)]
-
-    def settings(self) -> dict[str, Any]:
-        return {"name": self.name, "backend": self.backend, "toolchain": self.toolchain.name,
-                "board": self.board.name, "tvm": self.tvm, "timeout": self.timeout, "offload": list(self.offload),
-                "profile": self.profile}
 
 
 def tvm_target(backend: str, board: Board, options: dict[str, Any]) -> dict[str, Any]:
@@ -202,6 +242,14 @@ def _read_toml(path: Path, key: str, what: str) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(path, key, f"{what} not found.", f"create {path.name} or pass pipeline=PATH") from None
+    except IsADirectoryError:
+        raise ConfigError(path, key, f"{what} is a folder, not a file.",
+                          "pass the TOML file itself, e.g. pipeline=FOLDER/pipeline.toml") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(path, key, f"{what} is not UTF-8 text (byte {e.start}: {e.reason}).",
+                          "TOML files are UTF-8; save it as UTF-8") from None
+    except OSError as e:
+        raise ConfigError(path, key, f"{what} cannot be read: {e.strerror}.") from None
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -347,7 +395,8 @@ def _load_model(file: Path, name: str, table: Any) -> ModelConfig:
     if not isinstance(table, dict):
         raise ConfigError(file, key, "expected a table.", f"write it as [{key}]")
     _check_keys(file, key, table, {"source": str, "inputs": str, "expected": str,
-                                   "rtol": (int, float), "atol": (int, float)}, required=("source",))
+                                   "rtol": (int, float), "atol": (int, float), "reference": str},
+                required=("source",))
     source = _existing_path(file, f"{key}.source", table["source"], "model file")
     if source.suffix not in MODEL_SUFFIXES:
         raise ConfigError(file, f"{key}.source", f"'{table['source']}' is not an .onnx or .tflite file.",
@@ -360,10 +409,34 @@ def _load_model(file: Path, name: str, table: Any) -> ModelConfig:
     if expected is not None and not (expected.suffix == ".npz" or expected.is_dir()):
         raise ConfigError(file, f"{key}.expected", "expected an .npz file or an ONNX test_data_set_N directory.")
     for tol in ("rtol", "atol"):
-        if tol in table and table[tol] < 0:
-            raise ConfigError(file, f"{key}.{tol}", "must not be negative.")
+        if tol in table:
+            _finite(file, f"{key}.{tol}", table[tol])
+            if table[tol] < 0:
+                raise ConfigError(file, f"{key}.{tol}", "must not be negative.")
+    reference = table.get("reference", "auto")
+    if reference not in REFERENCES:
+        raise ConfigError(file, f"{key}.reference", f"unknown reference '{reference}'.",
+                          f"use one of: {', '.join(REFERENCES)}")
+    if reference in REFERENCE_FORMATS and source.suffix != REFERENCE_FORMATS[reference]:
+        raise ConfigError(file, f"{key}.reference", f"{reference} runs {REFERENCE_FORMATS[reference]} models, "
+                          f"not {source.name}.", "use 'auto' or 'tvm'")
     return ModelConfig(name=name, prefix=c_identifier(name), source=source, inputs=inputs, expected=expected,
-                       rtol=float(table.get("rtol", 1e-4)), atol=float(table.get("atol", 1e-5)))
+                       rtol=float(table.get("rtol", 1e-4)), atol=float(table.get("atol", 1e-5)), reference=reference)
+
+
+def _finite(file: Path, key: str, value: float) -> None:
+    """inf or nan would make a tolerance pass everything and a timeout never fire."""
+    if not math.isfinite(value):
+        raise ConfigError(file, key, f"must be a finite number, got {value}.")
+
+
+def _check_name(file: Path, key: str, name: str, what: str) -> None:
+    if len(name) > MAX_NAME:
+        raise ConfigError(file, key, f"a {what} name has at most {MAX_NAME} characters ({len(name)} given).",
+                          "names become folder, file and C identifiers; shorten it")
+    if not is_valid_name(name):
+        raise ConfigError(file, key, f"a {what} name is a letter, then letters, digits, '_' or '-' "
+                          f"(got {name!r}).")
 
 
 def _load_target(file: Path, name: str, table: Any, models: dict[str, ModelConfig],
@@ -395,6 +468,8 @@ def _load_target(file: Path, name: str, table: Any, models: dict[str, ModelConfi
             near = difflib.get_close_matches(str(m), list(models), n=1)
             raise ConfigError(file, f"{key}.models[{i}]", f"unknown model {m!r}.",
                               f"did you mean '{near[0]}'?" if near else f"define [models.{m}] first")
+        if m in target_models[:i]:
+            raise ConfigError(file, f"{key}.models[{i}]", f"model '{m}' is listed twice.", "list each model once")
     offload = table.get("offload", [])
     for i, codegen in enumerate(offload):
         if codegen not in OFFLOAD_CODEGENS:
@@ -404,6 +479,7 @@ def _load_target(file: Path, name: str, table: Any, models: dict[str, ModelConfi
     if profile not in PROFILES:
         raise ConfigError(file, f"{key}.profile", f"unknown profile '{profile}'.", f"use one of: {', '.join(PROFILES)}")
     timeout = float(table.get("timeout", 60))
+    _finite(file, f"{key}.timeout", timeout)
     if timeout <= 0:
         raise ConfigError(file, f"{key}.timeout", "must be a positive number of seconds.")
     target = TargetConfig(name=name, backend=table["backend"], toolchain=toolchain, board=board, tvm=dict(tvm_opts),
@@ -421,6 +497,9 @@ def load_pipeline(path: Path | str, toolchain_dir: Path = TOOLCHAIN_DIR, board_d
     settings = data.get("pipeline", {})
     _check_keys(file, "pipeline", settings, {"out": str, "toolchains": str, "boards": str})
     out = (file.parent / settings.get("out", "out")).resolve()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(file, "pipeline.out", f"'{settings.get('out', 'out')}' is a file, not a folder "
+                          f"({out}).", "name a folder for the build outputs")
     # A pipeline may bring its own toolchain and board files: its folders are searched first.
     toolchain_dirs, board_dirs = _dirs(toolchain_dir), _dirs(board_dir)
     if "toolchains" in settings:
@@ -431,14 +510,18 @@ def load_pipeline(path: Path | str, toolchain_dir: Path = TOOLCHAIN_DIR, board_d
     models: dict[str, ModelConfig] = {}
     prefixes: dict[str, str] = {}
     for name, table in data["models"].items():
-        if not is_valid_name(name):
-            raise ConfigError(file, f"models.{name}", "a model name is a letter, then letters, digits, '_' or '-'.")
+        _check_name(file, f"models.{name}", name, "model")
         model = _load_model(file, name, table)
-        if model.prefix in prefixes:
-            raise ConfigError(file, f"models.{name}",
-                              f"models '{prefixes[model.prefix]}' and '{name}' both give the C prefix "
-                              f"'{model.prefix}'.", "rename one of them")
-        prefixes[model.prefix] = name
+        # Macros and include guards use the prefix in upper case: 'dense' and 'Dense' would clash there.
+        clash = prefix_clash_key(model.prefix)
+        if clash in prefixes:
+            other = c_identifier(prefixes[clash])
+            what = (f"both give the C prefix '{other}'" if other == model.prefix else
+                    f"give the C prefixes '{other}' and '{model.prefix}', which clash in the header's upper-case "
+                    f"macros and include guard ({model.prefix.upper()}_ARENA_BYTES)")
+            raise ConfigError(file, f"models.{name}", f"models '{prefixes[clash]}' and '{name}' {what}.",
+                              "rename one of them")
+        prefixes[clash] = name
         models[name] = model
     if not models:
         raise ConfigError(file, "models", "no models defined.", "add a [models.NAME] table with a source")
@@ -447,9 +530,7 @@ def load_pipeline(path: Path | str, toolchain_dir: Path = TOOLCHAIN_DIR, board_d
     boards: dict[str, Board] = {}
     targets: dict[str, TargetConfig] = {}
     for name, table in data["targets"].items():
-        if not is_valid_name(name):
-            raise ConfigError(file, f"targets.{name}",
-                              "a target name is a letter, then letters, digits, '_' or '-'.")
+        _check_name(file, f"targets.{name}", name, "target")
         targets[name] = _load_target(file, name, table, models, toolchains, boards, toolchain_dirs, board_dirs)
     if not targets:
         raise ConfigError(file, "targets", "no targets defined.", "add a [targets.NAME] table")

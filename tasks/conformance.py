@@ -18,7 +18,8 @@ from typing import Any
 from tasks import fsutil
 from tasks.config import ModelConfig, TargetConfig
 from tasks.naming import c_identifier
-from tasks.pair import STAGES, Pair
+from tasks.layout import ModelFiles, PipelineFiles
+from tasks.pair import PAIR_STAGES, Pair
 
 SUITES = {"pytorch-converted": "pc", "pytorch-operator": "po", "simple": "simple"}
 # The pipeline's targets the sweep runs on; the emulated one runs EMULATED_SUITES only, to bound time.
@@ -98,23 +99,23 @@ def is_upstream(e: BaseException) -> bool:
 
 # --- per test: TVM's Relax VM, and the reference files --------------------------------------------------
 
-def run_vm(case: Case, out_dir: Path) -> dict[str, Any]:
-    """Write the test's inputs and expected outputs for the pipeline, and check TVM's own Relax VM (LLVM, host)
-    against them: vm.json says whether TVM itself runs the test correctly."""
+def run_vm(case: Case, files: ModelFiles) -> dict[str, Any]:
+    """Write the test's import.json, inputs and expected outputs for the pipeline, and check TVM's own Relax VM
+    (LLVM, host) against them: vm.json says whether TVM itself runs the test correctly."""
     import numpy as np
 
-    from tasks.compare import compare_one
-    from tasks.importer import load_relax, signature
-    from tasks.reference import expected_outputs, make_inputs, vm_outputs, write_reference
+    from tasks.execute.compare import compare_one
+    from tasks.frontend.importer import load_relax, write_import
+    from tasks.frontend.reference import expected_outputs, make_inputs, vm_outputs, write_reference
 
     model = case.model()
     result: dict[str, Any] = {"case": case.name, "ok": False, "error": None, "max_abs_error": None}
     try:
         mod = load_relax(model.source)
-        sig = signature(mod, model.source)
+        sig = write_import(mod, model.source, files.import_json)
         inputs = make_inputs(model.name, sig, None, model.expected)
         expected = expected_outputs(sig, model.expected)
-        write_reference(out_dir, sig, inputs, expected, f"expected ({model.expected.name})")
+        write_reference(files, sig, inputs, expected, f"expected ({model.expected.name})")
         actual = vm_outputs(mod, sig, inputs)
         checks = [compare_one(np.asarray(actual[s.c_name]), expected[s.c_name], RTOL, ATOL) for s in sig.outputs]
         result["ok"] = all(c["passed"] for c in checks)
@@ -123,26 +124,26 @@ def run_vm(case: Case, out_dir: Path) -> dict[str, Any]:
             result["error"] = "TVM's VM output differs from the expected output"
     except Exception as e:  # every failure is a result here: TVM raises many kinds
         result["error"] = first_line(e)
-    fsutil.write_json(out_dir / "vm.json", result)
+    fsutil.write_json(files.vm_json, result)
     return result
 
 
 # --- per (test, target): the pipeline's stages ----------------------------------------------------------------
 
-def run_case(case: Case, target: TargetConfig, out: Path, pipeline_file: Path) -> dict[str, Any]:
+def run_case(case: Case, target: TargetConfig, out: PipelineFiles, pipeline_file: Path) -> dict[str, Any]:
     """Run every stage of the pair; record passed, or the stage that failed and its first error line."""
     pair = Pair.at(out, case.model(), target, pipeline_file)
     result: dict[str, Any] = {"case": case.name, "suite": case.suite, "test": case.test, "target": target.name,
                               "status": None, "error": None, "upstream": False, "max_abs_error": None}
-    if not (pair.reference_dir / "reference.json").exists():
-        vm = fsutil.read_json(pair.reference_dir / "vm.json")
+    if not pair.model_files.reference_json.exists():
+        vm = fsutil.read_json(pair.model_files.vm_json)
         result.update(status="import", error=vm["error"], upstream=True)
     else:
-        for stage, action in STAGES:
+        for stage in PAIR_STAGES:
             try:
-                action(pair)
+                stage(pair)
             except Exception as e:  # one failure never stops the sweep
-                result.update(status=stage, error=first_line(e), upstream=is_upstream(e))
+                result.update(status=stage.name, error=first_line(e), upstream=is_upstream(e))
                 break
         else:
             test = fsutil.read_json(pair.files.test_json)
@@ -151,7 +152,7 @@ def run_case(case: Case, target: TargetConfig, out: Path, pipeline_file: Path) -
                 worst = next(iter(o for o in test["outputs"].values() if not o["passed"]))
                 result["error"] = (f"max abs error {test['max_abs_error']:.3g} ({worst.get('mismatched', '?')} of "
                                    f"{worst.get('elements', '?')} elements outside rtol {RTOL}, atol {ATOL})")
-    fsutil.write_json(pair.files.dir / "result.json", result)
+    fsutil.write_json(pair.files.result_json, result)
     return result
 
 

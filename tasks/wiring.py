@@ -1,33 +1,35 @@
 """doit wiring: the task creators for every stage. They only describe tasks; actions call the stages.
 
-One subtask per (model, target), named `<target>/<model>`, writing under `out/<target>/<model>/`.
-Each declares the files it reads (including its own stage modules), every file it writes, and
-`config_changed` on exactly the settings it reads, so doit reruns what changed and nothing else.
+Per model, `import:<model>` and `reference:<model>` write out/_models/<model>/; per (model, target), one subtask
+per stage, named `<target>/<model>`, writes out/<target>/<model>/ (paths from tasks/layout.py). Each task's
+dependencies are derived: `file_dep` holds the data files it reads and the source of every crtforge module its
+stage can run (tasks/deps.py); `config_changed` holds the settings its stage reads (config.settings), and the
+versions of the packages whose behaviour is part of a result.
 """
 
 from __future__ import annotations
 
 import fcntl
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator, TextIO
 
+from doit import create_after
 from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
-from tasks import fsutil
-from tasks import pair as stages
-from tasks.config import PROJECT_ROOT, ConfigError, ModelConfig, Pipeline, TargetConfig, load_pipeline
-from tasks.pair import Pair, reference_dir, tvm_version
+from tasks import deps, fsutil
+from tasks.config import PROJECT_ROOT, ConfigError, ModelConfig, Pipeline, TargetConfig, load_pipeline, settings
+from tasks.errors import CrtforgeError
+from tasks.layout import PipelineFiles
+from tasks.pair import BUILD, CLASSIFY, CODEGEN, COMPARE, EXECUTE, IMPORT, LINK, PAIR_STAGES, REFERENCE, Pair, Stage
 
-TASKS_DIR = Path(__file__).resolve().parent
-TEMPLATES = TASKS_DIR / "templates"
+# The runtime and start-up sources the link stage compiles, and the headers they include.
 CRT_FILES = sorted(str(p) for p in (PROJECT_ROOT / "crt").rglob("*") if p.suffix in (".c", ".h", ".j2"))
-
-
-def _stage(*modules: str) -> list[str]:
-    """The stage modules a task runs, and pair.py, whose actions call them."""
-    return [str(TASKS_DIR / f"{m}.py") for m in ("pair", *modules)]
+# doit commands that only read the dependency database: they do not take the pipeline's lock.
+READ_ONLY_COMMANDS = frozenset({"list", "help", "info", "dumpdb", "tabcompletion"})
 
 
 def _action(func: Callable[..., Any], *args: Any) -> tuple[Callable[[], Any], tuple, dict]:
@@ -36,190 +38,218 @@ def _action(func: Callable[..., Any], *args: Any) -> tuple[Callable[[], Any], tu
     def run() -> Any:
         try:
             func(*args)
-        except stages.user_errors() as e:
+        except CrtforgeError as e:
             return TaskFailed(str(e))
         return None
 
-    run.__name__ = getattr(func, "__name__", "stage")
+    run.__name__ = getattr(func, "function", getattr(func, "__name__", "stage"))
     return (run, (), {})
 
 
+# --- what dodo.py does at load ----------------------------------------------------------------------------------
+
 def load(path: str) -> Pipeline:
-    """The pipeline, or exit with the one-line error (doit would show a traceback)."""
+    """The pipeline, with its out folder ready for the dependency database; or exit with the one-line error
+    (doit would show a traceback)."""
     try:
-        return load_pipeline(path)
+        pipeline = load_pipeline(path)
+        _prepare_out(pipeline)
+        return pipeline
     except ConfigError as e:
         print(f"crtforge: {e}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
-def lock(pipeline: Pipeline) -> TextIO:
-    """Hold the pipeline's lock for the life of this process: a second doit on the same pipeline waits for the
-    first (two writers would race on the same outputs and on the dependency database). The caller keeps the
-    returned file open; the lock goes with the process, even a killed one."""
-    path = pipeline.file.with_name(f".{pipeline.file.stem}.doit.lock")
+def _prepare_out(pipeline: Pipeline) -> None:
+    """The out folder must exist and be writable before doit opens its database there."""
+    out = pipeline.out
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".crtforge.probe{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(pipeline.file, "pipeline.out", f"cannot write to the out folder {out}: {e.strerror}.",
+                          "name a folder you can write to") from None
+
+
+def doit_config(pipeline: Pipeline) -> dict[str, Any]:
+    # The database lives in the out folder it describes (tasks/layout.py says why).
+    return {"default_tasks": ["build"], "dep_file": str(PipelineFiles(pipeline.out).dep_db), "backend": "sqlite3",
+            "verbosity": 1}
+
+
+def doit_command(argv: list[str]) -> str:
+    """The doit command of a command line, as doit picks it: the first word after doit's own options, if it is
+    a command; otherwise `run`."""
+    words = list(argv[1:])
+    while words and words[0].startswith("-"):
+        option = words.pop(0)
+        if option in ("-f", "--file", "-d", "--dir") and words:
+            words.pop(0)
+    return words[0] if words and "=" not in words[0] else "run"
+
+
+def lock(pipeline: Pipeline, argv: list[str]) -> TextIO | None:
+    """For a doit command that writes (builds, cleans, forgets), hold the out folder's lock for the life of this
+    process: a second doit on the same out folder, from any pipeline file, waits for the first. The caller keeps
+    the returned file open; the lock goes with the process, even a killed one. Read-only commands take none."""
+    if doit_command(argv) in READ_ONLY_COMMANDS:
+        return None
+    path = PipelineFiles(pipeline.out).lock
     handle = open(path, "a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        print(f"crtforge: another doit is running on {pipeline.file.name} (lock {path.name}); waiting for it",
+        print(f"crtforge: another doit is running on {pipeline.out.name}/ (lock {path.name}); waiting for it",
               file=sys.stderr, flush=True)
         fcntl.flock(handle, fcntl.LOCK_EX)
     return handle
 
 
-def doit_config(pipeline: Pipeline) -> dict[str, Any]:
-    # The dependency database sits beside the pipeline file (whose folder exists), one per pipeline file.
-    dep_file = pipeline.file.with_name(f".{pipeline.file.stem}.doit.db")
-    return {"default_tasks": ["build"], "dep_file": str(dep_file), "backend": "sqlite3", "verbosity": 1}
+def exit_on_interrupt() -> None:
+    """Ctrl-C: one line and exit status 130, not a traceback. Outputs are written atomically and doit records a
+    task only once it succeeded, so an interrupted task simply runs again next time."""
+    main = os.getpid()
+
+    def interrupted(signum: int, frame: Any) -> None:
+        if os.getpid() == main:
+            print("\ncrtforge: interrupted", file=sys.stderr, flush=True)
+        raise SystemExit(130)
+
+    signal.signal(signal.SIGINT, interrupted)
 
 
-def pair(pipeline: Pipeline, model: ModelConfig, target: TargetConfig) -> Pair:
-    return Pair.at(pipeline.out, model, target, pipeline.file)
+# --- per model and per pair -------------------------------------------------------------------------------------
+
+def _pair(pipeline: Pipeline, model: ModelConfig, target: TargetConfig) -> Pair:
+    return Pair.at(PipelineFiles(pipeline.out), model, target, pipeline.file)
 
 
-def _model_files(model: ModelConfig) -> list[str]:
-    files = [model.source]
-    if model.inputs:
-        files.append(model.inputs)
-    if model.expected:
-        files.extend(sorted(model.expected.rglob("*.pb")) if model.expected.is_dir() else [model.expected])
-    return [str(f) for f in files]
+def _paths(*paths: Path | str) -> list[str]:
+    return [str(p) for p in paths]
 
 
-def _report(pipeline: Pipeline) -> TaskFailed | None:
-    from tasks.report import write_report
-
-    pairs = [(t.name, m.name, pair(pipeline, m, t).files.dir) for m, t in pipeline.pairs()]
-    text, failures = write_report(pairs, pipeline.out / "results.md")
-    print(text, end="")
-    if failures:
-        return TaskFailed("outputs differ from the reference:\n" + "\n".join(failures))
-    return None
+def _uptodate(stage: str, model: ModelConfig, target: TargetConfig | None = None) -> list:
+    read = {"model": settings(model, stage), "versions": deps.versions()}
+    if target is not None:
+        read["target"] = settings(target, stage)
+    return [config_changed(read)]
 
 
-# --- task generators -------------------------------------------------------------------------------------
+def _models_used(pipeline: Pipeline) -> list[ModelConfig]:
+    return list({m.name: m for m, _ in pipeline.pairs()}.values())
+
+
+def import_tasks(pipeline: Pipeline) -> Iterator[dict[str, Any]]:
+    out = PipelineFiles(pipeline.out)
+    for model in _models_used(pipeline):
+        files = out.model(model.name)
+        yield {"name": model.name, "doc": "import the model (ONNX/TFLite) into Relax; record its signature",
+               "actions": [_action(IMPORT, model, files)],
+               "file_dep": _paths(*model.import_files()) + list(deps.code_files(IMPORT.module)),
+               "targets": _paths(files.import_json), "uptodate": _uptodate("import", model), "clean": True}
+
+
+def reference_tasks(pipeline: Pipeline) -> Iterator[dict[str, Any]]:
+    out = PipelineFiles(pipeline.out)
+    for model in _models_used(pipeline):
+        files = out.model(model.name)
+        yield {"name": model.name,
+               "doc": "inputs and reference outputs of a model (expected, onnxruntime, TFLM or TVM's VM)",
+               "actions": [_action(REFERENCE, model, files)],
+               "file_dep": _paths(*model.files(), files.import_json) + list(deps.code_files(REFERENCE.module)),
+               "targets": _paths(*files.reference_files), "uptodate": _uptodate("reference", model),
+               "clean": True}
+
+
+def _pair_task(pipeline: Pipeline, stage: Stage, model: ModelConfig, target: TargetConfig, doc: str,
+               reads: list[Path], writes: list[Path], extra_code: list[str] = ()) -> dict[str, Any]:
+    p = _pair(pipeline, model, target)
+    return {"name": p.name, "doc": doc, "actions": [_action(stage, p)],
+            "file_dep": _paths(*reads) + list(deps.code_files(stage.module)) + list(extra_code),
+            "targets": _paths(*writes), "uptodate": _uptodate(stage.name, model, target), "clean": True}
+
+
+def relax_tasks(pipeline: Pipeline) -> Iterator[dict[str, Any]]:
+    for model, target in pipeline.pairs():
+        p = _pair(pipeline, model, target)
+        f = p.files
+        yield _pair_task(pipeline, BUILD, model, target,
+                         "TVM build: lower with the Relax pipeline, compile the kernels, extract the plan",
+                         [*model.import_files(), p.model_files.import_json],
+                         [f.kernels, f.plan_json, f.params_npz, f.modules_json,
+                          *([f.external_c] if target.offload else [])])
+
+
+def classify_tasks(pipeline: Pipeline) -> Iterator[dict[str, Any]]:
+    for model, target in pipeline.pairs():
+        f = _pair(pipeline, model, target).files
+        yield _pair_task(pipeline, CLASSIFY, model, target,
+                         "classify every runtime module: registry, constants or refused",
+                         [f.modules_json], [f.classification_json])
+
+
+def codegen_tasks(pipeline: Pipeline) -> Iterator[dict[str, Any]]:
+    for model, target in pipeline.pairs():
+        p = _pair(pipeline, model, target)
+        f = p.files
+        yield _pair_task(pipeline, CODEGEN, model, target,
+                         "generate the metadata module (registry), executor.c and the model header",
+                         [f.plan_json, f.params_npz, f.classification_json, p.model_files.import_json, model.source],
+                         [*f.metadata, f.executor_c, f.header])
+
+
+def link_tasks(pipeline: Pipeline) -> Iterator[dict[str, Any]]:
+    from tasks.toolchain.link import link_inputs, link_targets
+
+    for model, target in pipeline.pairs():
+        p = _pair(pipeline, model, target)
+        f = p.files
+        offload = bool(target.offload)
+        yield _pair_task(pipeline, LINK, model, target,
+                         "compile & link lib<model>.a and the test program with the target's toolchain",
+                         [*link_inputs(f, offload), f.header, p.model_files.import_json, f.plan_json,
+                          f.classification_json, p.model_files.inputs_npz, model.source],
+                         link_targets(f, target.board, offload), CRT_FILES)
+
+
+def run_tasks(pipeline: Pipeline) -> Iterator[dict[str, Any]]:
+    for model, target in pipeline.pairs():
+        p = _pair(pipeline, model, target)
+        f = p.files
+        yield _pair_task(pipeline, EXECUTE, model, target, "run the test program with the target's runner",
+                         [f.program, p.model_files.import_json], [f.outputs_npz, f.run_log])
+
+
+def compare_tasks(pipeline: Pipeline) -> Iterator[dict[str, Any]]:
+    for model, target in pipeline.pairs():
+        p = _pair(pipeline, model, target)
+        m = p.model_files
+        yield _pair_task(pipeline, COMPARE, model, target, "compare outputs with the reference; write test.json",
+                         [p.files.outputs_npz, m.reference_npz, m.reference_json, m.import_json],
+                         [p.files.test_json])
+
 
 def _name(model: ModelConfig, target: TargetConfig) -> str:
     return f"{target.name}/{model.name}"
 
 
-def _paths(*paths: Path) -> list[str]:
-    return [str(p) for p in paths]
-
-
-def reference_tasks(pipeline: Pipeline) -> Iterator[dict[str, Any]]:
-    used = {m.name for m, _ in pipeline.pairs()}
-    for model in pipeline.models.values():
-        if model.name not in used:
-            continue
-        out = reference_dir(pipeline.out, model)
-        yield {"name": model.name, "doc": "inputs and reference outputs of a model (expected, or TVM's Relax VM)",
-               "actions": [_action(stages.reference, model, out)],
-               "file_dep": _model_files(model) + _stage("reference", "importer", "fsutil", "naming"),
-               "targets": _paths(*(out / n for n in ("inputs.npz", "reference.npz", "reference.json"))),
-               "uptodate": [config_changed({"model": model.settings(), "tvm": tvm_version()})], "clean": True}
-
-
-def import_tasks(pipeline: Pipeline) -> Iterator[dict[str, Any]]:
-    for model, target in pipeline.pairs():
-        p = pair(pipeline, model, target)
-        yield {"name": _name(model, target), "doc": "import the model (ONNX/TFLite) into Relax; record its signature",
-               "actions": [_action(stages.import_model, p)],
-               "file_dep": [str(model.source)] + _stage("importer", "fsutil", "naming"),
-               "targets": _paths(p.files.import_json),
-               "uptodate": [config_changed({"source": str(model.source), "tvm": tvm_version()})], "clean": True}
-
-
-def relax_tasks(pipeline: Pipeline) -> Iterator[dict[str, Any]]:
-    for model, target in pipeline.pairs():
-        p = pair(pipeline, model, target)
-        f = p.files
-        yield {"name": _name(model, target),
-               "doc": "TVM build: lower with the Relax pipeline, compile the kernels, extract the plan",
-               "actions": [_action(stages.build, p)],
-               "file_dep": _paths(model.source, f.import_json)
-               + _stage("relax_build", "plan", "importer", "classify", "offload", "fsutil", "naming")
-               + [str(TEMPLATES / "offload_dense.c.j2")],
-               "targets": _paths(f.kernels, f.plan_json, f.params_npz, f.modules_json,
-                                 *([f.external_c] if target.offload else [])),
-               "uptodate": [config_changed({"prefix": model.prefix, "target": target.name,
-                                            "tvm_target": target.tvm_target(), "offload": list(target.offload),
-                                            "profile": target.profile, "tvm": tvm_version()})],
-               "clean": True}
-
-
-def classify_tasks(pipeline: Pipeline) -> Iterator[dict[str, Any]]:
-    for model, target in pipeline.pairs():
-        p = pair(pipeline, model, target)
-        yield {"name": _name(model, target), "doc": "classify every runtime module: registry, constants or refused",
-               "actions": [_action(stages.classify, p)],
-               "file_dep": _paths(p.files.modules_json) + _stage("classify", "fsutil"),
-               "targets": _paths(p.files.classification_json), "clean": True}
-
-
-def codegen_tasks(pipeline: Pipeline) -> Iterator[dict[str, Any]]:
-    for model, target in pipeline.pairs():
-        p = pair(pipeline, model, target)
-        f = p.files
-        yield {"name": _name(model, target), "doc": "generate metadata.c (registry), executor.c and the model header",
-               "actions": [_action(stages.codegen, p)],
-               "file_dep": _paths(f.plan_json, f.params_npz, f.classification_json, f.import_json, model.source)
-               + _stage("codegen", "plan", "classify", "importer", "fsutil")
-               + [str(TEMPLATES / t) for t in ("metadata.c.j2", "metadata.ll.j2", "executor.c.j2", "model.h.j2")],
-               "targets": _paths(*f.metadata, f.executor_c, f.header),
-               "uptodate": [config_changed({"model": model.name, "prefix": model.prefix, "target": target.name,
-                                            "tvm_target": target.tvm_target(), "tvm": tvm_version()})],
-               "clean": True}
-
-
-def link_tasks(pipeline: Pipeline) -> Iterator[dict[str, Any]]:
-    from tasks.link import link_sources, link_targets
-
-    for model, target in pipeline.pairs():
-        p = pair(pipeline, model, target)
-        f = p.files
-        offload = bool(target.offload)
-        yield {"name": _name(model, target),
-               "doc": "compile & link lib<model>.a and the test program with the target's toolchain",
-               "actions": [_action(stages.link, p)],
-               "file_dep": _paths(*link_sources(f.dir, target.backend, offload), f.header, f.import_json, f.plan_json,
-                                  f.classification_json, p.inputs_npz, target.toolchain.file, target.board.file)
-               + CRT_FILES + _stage("link", "codegen", "fsutil") + [str(TEMPLATES / "harness.c.j2")],
-               "targets": _paths(*link_targets(f.dir, model.prefix, target.backend, target.board, offload)),
-               "uptodate": [config_changed({"toolchain": target.toolchain.settings(), "board": target.board.settings(),
-                                            "model": model.name, "target": target.name, "backend": target.backend,
-                                            "offload": list(target.offload), "profile": target.profile})],
-               "clean": True}
-
-
-def run_tasks(pipeline: Pipeline) -> Iterator[dict[str, Any]]:
-    for model, target in pipeline.pairs():
-        p = pair(pipeline, model, target)
-        f = p.files
-        yield {"name": _name(model, target), "doc": "run the test program with the target's runner",
-               "actions": [_action(stages.execute, p)],
-               "file_dep": _paths(f.program, f.import_json, target.board.file) + _stage("run", "fsutil"),
-               "targets": _paths(f.outputs_npz, f.run_log),
-               "uptodate": [config_changed({"board": target.board.settings(), "timeout": target.timeout})],
-               "clean": True}
-
-
-def compare_tasks(pipeline: Pipeline) -> Iterator[dict[str, Any]]:
-    for model, target in pipeline.pairs():
-        p = pair(pipeline, model, target)
-        f, ref = p.files, p.reference_dir
-        yield {"name": _name(model, target), "doc": "compare outputs with the reference; write test.json",
-               "actions": [_action(stages.compare, p)],
-               "file_dep": _paths(f.outputs_npz, ref / "reference.npz", ref / "reference.json", f.sizes_json,
-                                  f.import_json) + _stage("compare", "fsutil"),
-               "targets": _paths(f.test_json),
-               "uptodate": [config_changed({"rtol": model.rtol, "atol": model.atol})], "clean": True}
-
-
 def build_task(pipeline: Pipeline) -> dict[str, Any]:
     return {"doc": "build every (model, target) pair up to its linked program", "actions": None,
             "task_dep": [f"link:{_name(m, t)}" for m, t in pipeline.pairs()]}
+
+
+def _report(pipeline: Pipeline) -> TaskFailed | None:
+    from tasks.report.table import write_report
+
+    pairs = [_pair(pipeline, m, t) for m, t in pipeline.pairs()]
+    text, failures = write_report([p.files for p in pairs], [(p.target.name, p.model.name) for p in pairs],
+                                  PipelineFiles(pipeline.out).results_md)
+    print(text, end="")
+    if failures:
+        return TaskFailed("outputs differ from the reference:\n" + "\n".join(failures))
+    return None
 
 
 def test_task(pipeline: Pipeline) -> dict[str, Any]:
@@ -231,132 +261,124 @@ def test_task(pipeline: Pipeline) -> dict[str, Any]:
 
 # --- conformance sweep (tasks/conformance.py) ----------------------------------------------------------------
 
-def _sweep_out(pipeline: Pipeline) -> Path:
-    return pipeline.out / "conformance"
-
-
-def conformance_cases(patterns: str) -> list:
-    """The onnx package's model tests whose case names match `patterns` (comma-separated globs)."""
-    from tasks.conformance import discover, onnx_test_data
-
-    try:
-        return discover(onnx_test_data(), tuple(p.strip() for p in patterns.split(",") if p.strip()))
-    except FileNotFoundError:
-        return []  # onnx not installed yet: `doit list` still works
-
-
 def _sweep_targets(pipeline: Pipeline) -> list[TargetConfig]:
     from tasks.conformance import TARGETS
 
     return [pipeline.targets[t] for t in TARGETS if t in pipeline.targets]
 
 
-def sweep_tasks(pipeline: Pipeline, cases: list) -> Iterator[dict[str, Any]]:
+def conformance_tasks(pipeline: Pipeline, patterns: str) -> Iterator[dict[str, Any]]:
+    """The sweep: TVM's VM and every target on each selected test, then the report. Created only when a
+    conformance task runs (dodo.py delays it), so no other command reads the onnx package's test data."""
     from tasks import conformance
 
-    out = _sweep_out(pipeline)
-    every_stage = _stage("conformance", "importer", "reference", "relax_build", "plan", "classify", "offload",
-                         "codegen", "link", "run", "compare", "fsutil", "naming")
-    templates = [str(p) for p in sorted(TEMPLATES.glob("*.j2"))]
+    cases = conformance.discover(conformance.onnx_test_data(),
+                                 tuple(p.strip() for p in patterns.split(",") if p.strip()))
+    out = PipelineFiles(pipeline.out / "conformance")
+    every_stage = list(deps.code_files("tasks.conformance", *(s.module for s in PAIR_STAGES)))
+    vm_files, results = [], []
     for case in cases:
-        ref = out / "_models" / case.name
+        files = out.model(case.name)
+        vm_files.append(files.vm_json)
         yield {"basename": "sweep-vm", "name": case.name, "doc": "TVM's own Relax VM on one ONNX test (the bar)",
-               "actions": [(conformance.run_vm, (case, ref), {})],
-               "file_dep": _paths(*case.files()) + _stage("conformance", "importer", "reference", "compare"),
-               "targets": _paths(ref / "vm.json"), "uptodate": [config_changed({"tvm": tvm_version()})],
-               "clean": True}
+               "actions": [(conformance.run_vm, (case, files), {})],
+               "file_dep": _paths(*case.files()) + list(deps.code_files("tasks.conformance")),
+               # vm.json always; the import and reference files only when TVM imports the test (the sweep reads
+               # vm.json to tell), so they are not targets: a missing one would rerun the task forever.
+               "targets": _paths(files.vm_json),
+               "uptodate": [config_changed({"versions": deps.versions()})], "clean": True}
         for target in _sweep_targets(pipeline):
             if not conformance.runs_on(case, target.name):
                 continue
-            yield {"basename": "sweep", "name": f"{target.name}/{case.name}",
+            p = Pair.at(out, case.model(), target, pipeline.file)
+            results.append(p.files.result_json)
+            yield {"basename": "sweep", "name": p.name,
                    "doc": "one ONNX test through every stage on one target; records the outcome",
                    "actions": [(conformance.run_case, (case, target, out, pipeline.file), {})],
-                   "file_dep": _paths(*case.files(), ref / "vm.json", target.toolchain.file, target.board.file)
-                   + every_stage + templates + CRT_FILES,
-                   "targets": _paths(out / target.name / case.name / "result.json"),
-                   "uptodate": [config_changed({"target": target.settings(), "tvm": tvm_version()})],
+                   "file_dep": _paths(*case.files(), files.vm_json) + every_stage + CRT_FILES,
+                   "targets": _paths(p.files.result_json),
+                   "uptodate": [config_changed({"target": settings(target, *(s.name for s in PAIR_STAGES)),
+                                                "versions": deps.versions()})],
                    "clean": True}
 
-
-def conformance_task(pipeline: Pipeline, cases: list) -> dict[str, Any]:
-    from tasks import conformance
-
-    out = _sweep_out(pipeline)
-    vm_files = [out / "_models" / c.name / "vm.json" for c in cases]
-    results = [out / t.name / c.name / "result.json" for c in cases for t in _sweep_targets(pipeline)
-               if conformance.runs_on(c, t.name)]
+    top = PipelineFiles(pipeline.out)
 
     def report() -> None:
-        totals = conformance.write_report(vm_files, results, pipeline.out / "conformance.md",
-                                          pipeline.out / "conformance.json")
+        totals = conformance.write_report(vm_files, results, top.conformance_md, top.conformance_json)
         for target, t in totals.items():
             rate = "n/a" if t["pass_rate_of_vm_ok"] is None else f"{100 * t['pass_rate_of_vm_ok']:.1f}%"
             print(f"{target}: {t['passed']}/{t['tests']} passed; {t['passed_of_vm_ok']}/{t['vm_ok']} of the tests "
                   f"TVM's VM runs correctly ({rate}); failures by stage {t['failed_by_stage']}")
 
-    return {"doc": "sweep the onnx package's model tests (conformance=GLOBS selects); out/conformance.md",
-            "actions": [report], "file_dep": _paths(*vm_files, *results) + _stage("conformance"),
-            "targets": _paths(pipeline.out / "conformance.md", pipeline.out / "conformance.json"),
-            "verbosity": 2, "clean": True}
+    yield {"basename": "conformance", "doc": "sweep the onnx package's model tests (conformance=GLOBS selects)",
+           "actions": [report], "file_dep": _paths(*vm_files, *results) + list(deps.code_files("tasks.conformance")),
+           "targets": _paths(top.conformance_md, top.conformance_json), "verbosity": 2, "clean": True}
 
 
-# --- benchmarks (tasks/bench.py) ----------------------------------------------------------------------------------
+def delayed_creator(*basenames: str) -> Callable[[Callable[[], Any]], Callable[[], Any]]:
+    """A task creator that doit runs only when one of `basenames` is asked for (create_after), not at every
+    load: `doit build` never reads the conformance cases."""
+    return create_after(executed=None, creates=list(basenames))
+
+
+# --- benchmarks (tasks/bench/measure.py) -------------------------------------------------------------------------
 
 HOST_TARGET = "host"  # the peers are compared with this target's builds
 
 
 def bench_tasks(pipeline: Pipeline) -> Iterator[dict[str, Any]]:
-    from tasks import bench
-    from tasks.qemu_insns import PLUGIN_SOURCE, build_plugin
+    from tasks.bench import measure as bench
+    from tasks.bench.qemu_insns import PLUGIN_SOURCE, build_plugin
 
-    out = pipeline.out / "bench"
-    plugin = out / "crtforge_insns.so"
+    top = PipelineFiles(pipeline.out)
+    plugin = top.insns_plugin
     yield {"basename": "bench-plugin", "doc": "build the qemu TCG plugin that counts instructions",
-           "actions": [_action(build_plugin, out)], "file_dep": _paths(*sorted(PLUGIN_SOURCE.parent.glob("*"))),
-           "targets": _paths(plugin), "clean": True}
+           "actions": [_action(build_plugin, top.bench_dir)],
+           "file_dep": _paths(*sorted(PLUGIN_SOURCE.parent.glob("*"))), "targets": _paths(plugin), "clean": True}
     reports = []
     for model, target in pipeline.pairs():
-        p = pair(pipeline, model, target)
+        p = _pair(pipeline, model, target)
         f = p.files
-        timing = [f.dir / "timing.c", f.dir / "obj" / "timing.o", f.dir / "timing.elf"] if target.runner == "native" \
-            else []
-        reports.append(f.dir / "bench.json")
-        yield {"basename": "bench-pair", "name": _name(model, target),
+        timing = [f.timing_c, f.timing_object, f.timing_program] if target.runner == "native" else []
+        reports.append(f.bench_json)
+        yield {"basename": "bench-pair", "name": p.name,
                "doc": "instructions per inference, sizes split, arena against its lower bound (and wall time on the host)",
                "actions": [_action(bench.bench_pair, p, plugin)],
-               "file_dep": _paths(f.program, f.plan_json, f.sizes_json, f.import_json, f.classification_json,
-                                  f.dir / f"lib{model.prefix}.a", p.inputs_npz, plugin, target.board.file)
-               + _stage("bench", "qemu_insns", "link", "run", "fsutil") + [str(TEMPLATES / "timing.c.j2")],
-               "targets": _paths(f.dir / "bench.json", *timing), "clean": True}
+               "file_dep": _paths(f.program, f.plan_json, f.sizes_json, p.model_files.import_json,
+                                  f.classification_json, f.library, p.model_files.inputs_npz, plugin)
+               + list(deps.code_files("tasks.bench.measure")) + CRT_FILES,
+               "targets": _paths(f.bench_json, *timing), "uptodate": _uptodate("bench", model, target),
+               "clean": True}
     peers = {}
     for model, target in pipeline.pairs():
         if target.name != HOST_TARGET or model.name in peers:
             continue
-        p = pair(pipeline, model, target)
+        p = _pair(pipeline, model, target)
         peer = "onnxruntime" if model.source.suffix == ".onnx" else "tflm"
-        peers[model.name] = out / "peers" / f"{peer}-{model.name}.json"
-        action = ((bench.peer_onnxruntime, p.model.source, p.reference_dir) if peer == "onnxruntime"
-                  else (bench.peer_tflm, p.model.source, p.reference_dir, out / "peers"))
+        peers[model.name] = top.peer_json(peer, model.name)
+        action = ((bench.peer_onnxruntime, p.model.source, p.model_files) if peer == "onnxruntime"
+                  else (bench.peer_tflm, p.model.source, p.model_files, top.peers_dir))
         yield {"basename": "bench-peer", "name": f"{peer}/{model.name}",
                "doc": "the peer on the same model and inputs: onnxruntime's wall time, or TFLM's instructions",
                "actions": [_action(_write_peer, peers[model.name], *action)],
-               "file_dep": _paths(model.source, p.inputs_npz, p.reference_dir / "reference.json")
-               + _stage("bench", "fsutil"),
-               "targets": _paths(peers[model.name]), "clean": True}
+               "file_dep": _paths(*model.import_files(), p.model_files.inputs_npz, p.model_files.reference_json)
+               + list(deps.code_files("tasks.bench.measure")),
+               "targets": _paths(peers[model.name]), "uptodate": [config_changed({"versions": deps.versions()})],
+               "clean": True}
 
     def write_report() -> None:
         results = [fsutil.read_json(r) for r in reports]
         peer_results = {m: fsutil.read_json(path) for m, path in peers.items()}
-        bench.report(results, peer_results, HOST_TARGET, pipeline.out / "bench.json", pipeline.out / "bench.md", out)
-        for c in fsutil.read_json(pipeline.out / "bench.json")["peers"]:
+        bench.report(results, peer_results, HOST_TARGET, top.bench_json, top.bench_md, top.bench_dir)
+        for c in fsutil.read_json(top.bench_json)["peers"]:
             print(f"{c['model']}: crtforge / {c['peer']} = {c['ratio']:.3f} ({c['measure']})")
-        print(f"wrote {pipeline.out / 'bench.md'}")
+        print(f"wrote {top.bench_md}")
 
     targets_in_order = list(dict.fromkeys(t.name for _, t in pipeline.pairs()))
     yield {"basename": "bench", "doc": "benchmarks of every pair and peer: out/bench.md, out/bench.json, plots",
-           "actions": [write_report], "file_dep": _paths(*reports, *peers.values()) + _stage("bench"),
-           "targets": _paths(pipeline.out / "bench.json", pipeline.out / "bench.md",
-                             *(out / f"{t}.png" for t in targets_in_order)),
+           "actions": [write_report],
+           "file_dep": _paths(*reports, *peers.values()) + list(deps.code_files("tasks.bench.measure")),
+           "targets": _paths(top.bench_json, top.bench_md, *(top.plot(t) for t in targets_in_order)),
            "verbosity": 2, "clean": True}
 
 

@@ -33,9 +33,14 @@ class DoitResult:
         return [line[3:] for line in self.stdout.splitlines() if line.startswith("-- ")]
 
 
-def run_doit(pipeline: Path, *args: str) -> DoitResult:
-    proc = subprocess.run([sys.executable, "-m", "doit", "-f", str(ROOT / "dodo.py"), "--dir", str(ROOT), *args,
-                           f"pipeline={pipeline}"], capture_output=True, text=True, timeout=600)
+def doit_argv(pipeline: Path, *args: str, root: Path = ROOT) -> list[str]:
+    return [sys.executable, "-m", "doit", "-f", str(root / "dodo.py"), "--dir", str(root), *args,
+            f"pipeline={pipeline}"]
+
+
+def run_doit(pipeline: Path, *args: str, root: Path = ROOT) -> DoitResult:
+    """doit on `pipeline` with the dodo.py of `root` (the repository, or a copy of it)."""
+    proc = subprocess.run(doit_argv(pipeline, *args, root=root), capture_output=True, text=True, timeout=600)
     return DoitResult(proc.returncode, proc.stdout, proc.stderr)
 
 
@@ -53,3 +58,9 @@ def write_pipeline(tmp_path):
 
 def host_target(name: str = "host", extra: str = "") -> str:
     return f'[targets.{name}]\nbackend = "c"\ntoolchain = "host-gcc"\nrunner = "native"\n{extra}\n'
+
+
+def target(name: str = "t", backend: str = "c", toolchain: str = "host-gcc", board: str = "host",
+           extra: str = "") -> str:
+    """A [targets.NAME] table."""
+    return f'[targets.{name}]\nbackend = "{backend}"\ntoolchain = "{toolchain}"\nboard = "{board}"\n{extra}\n'

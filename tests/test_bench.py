@@ -6,8 +6,9 @@ import pytest
 
 from conftest import CONV2D, SINE, run_doit
 from tasks import fsutil
-from tasks.bench import instructions
+from tasks.bench.measure import instructions
 from tasks.config import load_pipeline
+from tasks.layout import PipelineFiles
 from tasks.pair import Pair
 
 TARGETS = ('[targets.host]\nbackend = "c"\ntoolchain = "host-gcc"\n'
@@ -46,11 +47,11 @@ def test_instruction_counts_repeat_exactly(benched):
     pipeline = load_pipeline(pipeline_file)
     plugin = root / "out" / "bench" / "crtforge_insns.so"
     for target in ("cortex-m4", "host"):
-        p = Pair.at(pipeline.out, pipeline.models["conv2d"], pipeline.targets[target], pipeline.file)
-        assert instructions(p, plugin, root) == instructions(p, plugin, root)
-    emulated = Pair.at(pipeline.out, pipeline.models["conv2d"], pipeline.targets["cortex-m4"], pipeline.file)
+        p = Pair.at(PipelineFiles(pipeline.out), pipeline.models["conv2d"], pipeline.targets[target], pipeline.file)
+        assert instructions(p, plugin) == instructions(p, plugin)
+    emulated = Pair.at(PipelineFiles(pipeline.out), pipeline.models["conv2d"], pipeline.targets["cortex-m4"], pipeline.file)
     recorded = fsutil.read_json(emulated.files.dir / "bench.json")["instructions"]
-    assert instructions(emulated, plugin, root)[0] == recorded
+    assert instructions(emulated, plugin)[0] == recorded
 
 
 def test_peers_and_profiles_in_the_report(benched):

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # so `bench` imports however pytest is started
     sys.path.insert(0, str(ROOT))
 
-from tasks import bench_models as models  # noqa: E402
+from tasks.bench import models  # noqa: E402
 
 RTOL = 1e-4
 ATOL = 1e-5

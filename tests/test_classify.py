@@ -7,9 +7,9 @@ import tvm
 from tvm import relax
 
 from conftest import SINE
-from tasks import relax_build
-from tasks.classify import ClassifyError, ModuleRecord, classify, inventory
-from tasks.importer import load_relax
+from tasks.compile import relax_build
+from tasks.compile.classify import ClassifyError, ModuleRecord, classify, inventory
+from tasks.frontend.importer import load_relax
 
 c_source_module = tvm.get_global_func("runtime.CSourceModuleCreate")
 

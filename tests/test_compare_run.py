@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tasks.compare import compare_one
+from tasks.execute.compare import compare_one
 from tasks.config import load_board
-from tasks.importer import ModelSignature, TensorSpec
-from tasks.run import RunError, parse_outputs, run_program
+from tasks.frontend.importer import ModelSignature, TensorSpec
+from tasks.execute.run import RunError, parse_outputs, run_program
 
 HOST = load_board("host")
 SIG = ModelSignature(inputs=(), outputs=(TensorSpec("y", "output_0", (2,), "float32"),))

@@ -210,3 +210,60 @@ def test_unknown_external_codegen(write_pipeline):
     e = load_error(write_pipeline, GOOD_MODEL + host_target(extra='offload = ["cmsis-nn"]'))
     assert e.key == "targets.host.offload[0]" and "unknown external codegen 'cmsis-nn'" in str(e)
     assert "crtforge_dense" in str(e)
+
+
+@pytest.mark.parametrize("key, value", [("rtol", "inf"), ("rtol", "nan"), ("atol", "inf"), ("atol", "-inf")])
+def test_tolerances_must_be_finite(write_pipeline, key, value):
+    """inf or nan would make every output pass."""
+    e = load_error(write_pipeline, f'[models.m]\nsource = "{SINE}"\n{key} = {value}\n' + host_target())
+    assert e.key == f"models.m.{key}" and "must be a finite number" in str(e)
+
+
+@pytest.mark.parametrize("value", ["inf", "nan"])
+def test_timeout_must_be_finite(write_pipeline, value):
+    e = load_error(write_pipeline, f'[models.m]\nsource = "{SINE}"\n' + host_target(extra=f"timeout = {value}"))
+    assert e.key == "targets.host.timeout" and "must be a finite number" in str(e)
+
+
+def test_a_name_with_a_trailing_newline_is_rejected(write_pipeline):
+    e = load_error(write_pipeline, f'[models."sine\\n"]\nsource = "{SINE}"\n' + host_target())
+    assert "a model name is a letter" in str(e) and "'sine\\n'" in str(e)
+
+
+def test_names_longer_than_64_characters_are_rejected(write_pipeline):
+    e = load_error(write_pipeline, f'[models.{"m" * 65}]\nsource = "{SINE}"\n' + host_target())
+    assert "a model name has at most 64 characters (65 given)" in str(e)
+    e = load_error(write_pipeline, f'[models.m]\nsource = "{SINE}"\n' + host_target("t" * 300))
+    assert "a target name has at most 64 characters (300 given)" in str(e)
+
+
+def test_a_model_listed_twice_for_a_target(write_pipeline):
+    e = load_error(write_pipeline, f'[models.m]\nsource = "{SINE}"\n' + host_target(extra='models = ["m", "m"]'))
+    assert e.key == "targets.host.models[1]" and "model 'm' is listed twice" in str(e)
+
+
+def test_prefixes_that_differ_only_in_case_clash(write_pipeline):
+    """`dense` and `Dense` would both define DENSE_ARENA_BYTES and the same include guard."""
+    e = load_error(write_pipeline, f'[models.dense]\nsource = "{SINE}"\n[models.Dense]\nsource = "{SINE}"\n'
+                   + host_target())
+    assert e.key == "models.Dense" and "clash in the header's upper-case macros" in str(e)
+
+
+@pytest.mark.parametrize("reference, message", [("ort", "unknown reference 'ort'"),
+                                                ("onnxruntime", "onnxruntime runs .onnx models, not sine_float")])
+def test_reference_is_validated(write_pipeline, reference, message):
+    e = load_error(write_pipeline, f'[models.m]\nsource = "{SINE}"\nreference = "{reference}"\n' + host_target())
+    assert e.key == "models.m.reference" and message in str(e)
+
+
+def test_settings_reach_only_the_stages_that_read_them(write_pipeline):
+    """A field marked read_by(...) reaches only those stages; the rest reach every stage."""
+    from tasks.config import settings
+
+    pipeline = load_pipeline(write_pipeline(f'[models.m]\nsource = "{SINE}"\n' + host_target()))
+    model, target = pipeline.models["m"], pipeline.targets["host"]
+    assert "rtol" in settings(model, "compare") and "rtol" not in settings(model, "build")
+    assert "toolchain" in settings(target, "link") and "toolchain" not in settings(target, "build")
+    assert settings(target, "link")["toolchain"]["cflags"] == list(target.toolchain.cflags)
+    assert "run" in settings(target, "execute")["board"] and "run" not in settings(target, "build")["board"]
+    assert settings(target, "build")["backend"] == "c" and settings(model, "import")["source"] == str(SINE)

@@ -12,10 +12,10 @@ from elftools.elf.elffile import ELFFile
 from conftest import CONV2D, CONVT, SINE, run_doit
 from tasks import fsutil
 from tasks.config import load_board, load_pipeline
-from tasks.importer import ModelSignature, TensorSpec
-from tasks.link import (BARE_METAL_SOURCES, CRT_INCLUDE, CompileError, ToolchainError, board_with_memory,
+from tasks.frontend.importer import ModelSignature, TensorSpec
+from tasks.toolchain.link import (BARE_METAL_SOURCES, CRT_INCLUDE, CompileError, ToolchainError, board_with_memory,
                         check_fits, compile_c, linker_script, section_sizes)
-from tasks.run import RunError, run_program
+from tasks.execute.run import RunError, run_program
 
 SIG = ModelSignature(inputs=(), outputs=(TensorSpec("y", "output_0", (1,), "float32"),))
 
@@ -65,12 +65,13 @@ def test_every_cross_pair_passes(cross, target, model):
     result = fsutil.read_json(d / "test.json")
     assert result["passed"] is True, result
     assert "crtforge-registry" in (d / "run.log").read_text()
-    program = result["sizes"]["program"]
+    sizes = fsutil.read_json(d / "sizes.json")
+    program = sizes["program"]
     assert program["flash"] == program["text"] + program["rodata"] + program["data"]
-    assert program["flash"] > result["sizes"]["library"]["flash"]  # the program adds libc and the harness
+    assert program["flash"] > sizes["library"]["flash"]  # the program adds libc and the harness
     board = CROSS_TARGETS[target][2]
     if board.startswith("mps2"):
-        assert result["sizes"]["stack_bytes"] == program["stack"] == 32768
+        assert sizes["stack_bytes"] == program["stack"] == 32768
 
 
 def test_cross_outputs_agree_with_the_host_reference(cross):
@@ -117,22 +118,19 @@ def test_a_model_too_big_for_the_board_is_refused_at_link(cross):
 
 def test_link_refuses_a_too_big_program(cross, tmp_path):
     """The whole link stage, with the board's RAM shrunk below what the model needs."""
-    from tasks.link import run_link
-    from tasks.pair import Pair, generated_from, signature
+    from tasks.layout import PipelineFiles
+    from tasks.pair import Pair
+    from tasks.toolchain.link import link_pair
 
     root, pipeline_path, _ = cross
     pipeline = load_pipeline(pipeline_path)
     target = pipeline.targets["cortex-m4"]
     model = pipeline.models["convtranspose2d"]
     small = replace(target, board=board_with_memory(target.board, ram_size=56 * 1024))
-    p = Pair.at(pipeline.out, model, target, pipeline.file)
+    p = Pair.at(PipelineFiles(pipeline.out), model, small, pipeline.file)
     f = p.files
-    plan = fsutil.read_json(f.plan_json)
     with pytest.raises(CompileError, match="model convtranspose2d needs .* KiB RAM, board mps2-an386 has 56.0 KiB"):
-        run_link(small, model.name, f.dir, model.prefix, signature(f.import_json),
-                 root / "out" / "_models" / model.name / "inputs.npz",
-                 len(fsutil.read_json(f.classification_json)["registry"]), plan["arena_bytes"],
-                 generated_from(model, target))
+        link_pair(p)
     assert not f.program.exists()  # nothing left that a later run would trust
     # the next real build relinks it
     again = run_doit(pipeline_path, "build")

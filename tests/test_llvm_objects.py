@@ -9,10 +9,10 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
 from conftest import SINE
-from tasks import relax_build
-from tasks.classify import classify, inventory
-from tasks.codegen import GeneratedFrom, Registry, compile_ll, emit_metadata_ll
-from tasks.link import CompileError, check_duplicate_symbols
+from tasks.compile import relax_build
+from tasks.compile.classify import classify, inventory
+from tasks.emit.codegen import GeneratedFrom, Registry, compile_ll, emit_metadata_ll
+from tasks.toolchain.link import CompileError, check_duplicate_symbols
 
 GEN = GeneratedFrom(model="sine", target="host-llvm", source="sine_float.tflite", sha256="0" * 64,
                     tvm_version="0.27.0.post1", header="sine.h")

@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 
 from conftest import CONV2D, SINE, run_doit
-from tasks import fsutil, relax_build
-from tasks.classify import classify, inventory
-from tasks.codegen import GeneratedFrom, emit_executor, external_constants
-from tasks.importer import load_relax, signature
-from tasks.offload import external_modules, partition
+from tasks import fsutil
+from tasks.compile import relax_build
+from tasks.compile.classify import classify, inventory
+from tasks.emit.codegen import GeneratedFrom, emit_executor, external_constants
+from tasks.frontend.importer import load_relax, signature
+from tasks.compile.offload import external_modules, partition
 
 GEN = GeneratedFrom(model="sine", target="t", source="sine_float.tflite", sha256="0" * 64,
                     tvm_version="0.27.0.post1", header="sine.h")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from tasks.plan import ARENA_ALIGN, IN_ARENA, Storage, plan_arena
+from tasks.compile.plan import ARENA_ALIGN, IN_ARENA, Storage, plan_arena
 
 
 def assert_valid(storages: list[Storage], arena: int) -> None:
@@ -50,7 +50,7 @@ def test_empty_plan_needs_no_arena():
 
 
 def test_lower_bound_is_the_peak_of_live_bytes():
-    from tasks.plan import STORAGE_OUTPUT, STORAGE_WORKSPACE, lower_bound
+    from tasks.compile.plan import STORAGE_OUTPUT, STORAGE_WORKSPACE, lower_bound
 
     storages = [Storage(0, 100, 0, 3), Storage(1, 50, 2, 5), Storage(2, 70, 4, 4, kind=STORAGE_WORKSPACE),
                 Storage(3, 1000, 1, 5, kind=STORAGE_OUTPUT, output=0)]  # outputs live in the caller's buffer
@@ -62,7 +62,7 @@ def test_lower_bound_is_the_peak_of_live_bytes():
 
 def test_default_models_plan_at_the_lower_bound():
     from conftest import CONV2D, CONVT, SINE
-    from tasks.relax_build import build
+    from tasks.compile.relax_build import build
 
     for source in (SINE, CONV2D, CONVT / "model.onnx"):
         plan = build(source, "m", {"kind": "c"}).plan
@@ -72,7 +72,7 @@ def test_default_models_plan_at_the_lower_bound():
 
 def test_a_workspace_does_not_push_a_tensor_past_the_lower_bound():
     """The debug conv net's shape: largest-first alone gives 98,304 bytes for a bound of 84,032."""
-    from tasks.plan import STORAGE_WORKSPACE, lower_bound
+    from tasks.compile.plan import STORAGE_WORKSPACE, lower_bound
 
     storages = [Storage(0, 32768, 5, 9), Storage(1, 32768, 8, 12), Storage(2, 32768, 11, 15),
                 Storage(3, 16384, 14, 18), Storage(4, 16384, 17, 22), Storage(9, 13888, 6, 6, kind=STORAGE_WORKSPACE),

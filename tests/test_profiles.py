@@ -31,9 +31,9 @@ def built(tmp_path_factory):
 def test_release_is_smaller_than_debug_and_both_pass(built, board, model):
     sizes = {}
     for profile in ("release", "debug"):
-        test = fsutil.read_json(built / f"{board}-{profile}" / model / "test.json")
-        assert test["passed"] is True
-        sizes[profile] = test["sizes"]
+        pair = built / f"{board}-{profile}" / model
+        assert fsutil.read_json(pair / "test.json")["passed"] is True
+        sizes[profile] = fsutil.read_json(pair / "sizes.json")
     assert sizes["release"]["library"]["flash"] < sizes["debug"]["library"]["flash"]
     assert sizes["release"]["program"]["flash"] < sizes["debug"]["program"]["flash"]
 

@@ -17,7 +17,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # bench/ and tasks/ are imported from the repository root
 
-from tasks.qemu_insns import build_plugin, count_instructions, marker_addresses  # noqa: E402
+from tasks.bench.qemu_insns import build_plugin, count_instructions, marker_addresses  # noqa: E402
 
 # N is read from a volatile global so every N compiles to the same instructions, only the data differs.
 PROGRAM = """
@@ -47,7 +47,7 @@ def _need(*tools: str) -> None:
 
 def _build_cortex_m4(src: Path, out: Path, n: int) -> list[str]:
     from tasks.config import load_board
-    from tasks.link import linker_script
+    from tasks.toolchain.link import linker_script
     ld = out.parent / "board.ld"
     ld.write_text(linker_script(load_board("mps2-an386")))
     subprocess.run(["arm-none-eabi-gcc", *CORTEX_M4_FLAGS, "-T", str(ld), f"-DN={n}", str(src),

@@ -1,4 +1,4 @@
-"""Inputs and reference outputs: from files when given, else seeded and TVM's Relax VM."""
+"""Inputs and reference outputs: from files when given, else seeded; the reference independent of TVM by default."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ import pytest
 
 from conftest import CONV2D, CONV2D_DATA, SINE
 from tasks import fsutil
-from tasks.importer import load_relax, signature
-from tasks.reference import ReferenceError, make_inputs, run_reference, seeded_inputs
+from tasks.config import ModelConfig
+from tasks.frontend.importer import load_relax, run_import, signature
+from tasks.frontend.reference import ReferenceError, make_inputs, reference_model, seeded_inputs
+from tasks.layout import ModelFiles
 
 
 @pytest.fixture(scope="module")
@@ -47,18 +49,58 @@ def test_missing_input_lists_the_keys(sine_sig, tmp_path):
         make_inputs("sine", sine_sig, path, None)
 
 
-def test_vm_reference_of_sine_is_a_sine(tmp_path):
-    """TFLM's sine model approximates sin(x) on [0, 2π]: the VM reference must too."""
+def _model(source, inputs=None, expected=None, reference="auto") -> ModelConfig:
+    return ModelConfig(name="m", prefix="m", source=source, inputs=inputs, expected=expected, rtol=1e-4, atol=1e-5,
+                       reference=reference)
+
+
+def _reference(tmp_path, model: ModelConfig) -> tuple[str, ModelFiles]:
+    files = ModelFiles(tmp_path / "m")
+    run_import(model.source, files.import_json)
+    return reference_model(model, files), files
+
+
+def test_tflite_reference_is_tflms_interpreter_and_tvm_agrees(tmp_path):
+    """TFLM's sine model approximates sin(x) on [0, 2π]; TVM's VM, asked for, gives the same numbers."""
     x = np.array([[1.0]], np.float32)
     np.savez(tmp_path / "in.npz", **{"0": x})
-    kind = run_reference("sine", SINE, tmp_path / "in.npz", None, tmp_path)
-    ref = fsutil.load_npz(tmp_path / "reference.npz")["output_0"]
-    assert kind == "tvm-relax-vm"
-    assert abs(float(ref[0, 0]) - np.sin(1.0)) < 0.1
+    kind, files = _reference(tmp_path, _model(SINE, inputs=tmp_path / "in.npz"))
+    tflm = fsutil.load_npz(files.reference_npz)["output_0"]
+    assert kind == "tflm" and fsutil.read_json(files.reference_json)["reference"] == "tflm"
+    assert abs(float(tflm[0, 0]) - np.sin(1.0)) < 0.1
+    kind, files = _reference(tmp_path, _model(SINE, inputs=tmp_path / "in.npz", reference="tvm"))
+    assert kind == "tvm"
+    np.testing.assert_allclose(fsutil.load_npz(files.reference_npz)["output_0"], tflm, rtol=1e-5, atol=1e-6)
+
+
+def _pb(path) -> np.ndarray:
+    import onnx
+    from onnx import numpy_helper
+
+    return numpy_helper.to_array(onnx.load_tensor(str(path)))
+
+
+def test_onnx_reference_is_onnxruntime(tmp_path):
+    """Conv2d without its expected outputs: onnxruntime on the test's own inputs gives the expected outputs."""
+    np.savez(tmp_path / "in.npz", **{"0": _pb(CONV2D_DATA / "input_0.pb")})
+    kind, files = _reference(tmp_path, _model(CONV2D, inputs=tmp_path / "in.npz"))
+    assert kind == "onnxruntime"
+    np.testing.assert_allclose(fsutil.load_npz(files.reference_npz)["output_0"], _pb(CONV2D_DATA / "output_0.pb"),
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_onnx_test_data_set_gives_inputs_and_expected(tmp_path):
-    kind = run_reference("conv2d", CONV2D, None, CONV2D_DATA, tmp_path)
+    kind, files = _reference(tmp_path, _model(CONV2D, expected=CONV2D_DATA))
     assert kind == "expected (test_data_set_0)"
-    assert fsutil.load_npz(tmp_path / "inputs.npz")["input_0"].shape == (2, 3, 7, 5)
-    assert fsutil.load_npz(tmp_path / "reference.npz")["output_0"].shape == (2, 4, 5, 4)
+    assert fsutil.load_npz(files.inputs_npz)["input_0"].shape == (2, 3, 7, 5)
+    assert fsutil.load_npz(files.reference_npz)["output_0"].shape == (2, 4, 5, 4)
+
+
+@pytest.mark.parametrize("what", ["inputs", "expected"])
+def test_a_file_that_is_not_npz_is_named(tmp_path, what):
+    bad = tmp_path / "bad.npz"
+    bad.write_text("not a zip archive")
+    model = _model(SINE, **{what: bad})
+    with pytest.raises(ReferenceError, match=rf"bad.npz: {what} is not a NumPy .npz archive .*HINT: write it with "
+                                             "numpy.savez"):
+        _reference(tmp_path, model)

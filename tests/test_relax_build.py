@@ -6,14 +6,16 @@ import numpy as np
 import pytest
 
 from conftest import CONV2D, SINE
-from tasks import importer, relax_build
-from tasks.plan import HOME_ARENA, HOME_CONST, HOME_INPUT
+from tasks.compile import relax_build
+from tasks.frontend import importer
+from tasks.compile.plan import HOME_ARENA, HOME_CONST, HOME_INPUT
 from test_plan import assert_valid
 
 
 @pytest.fixture(scope="module")
 def sine_build():
-    return relax_build.build(SINE, "sine", {"kind": "c"})
+    """The debug profile, said explicitly: one kernel per op (release, the default, fuses them)."""
+    return relax_build.build(SINE, "sine", {"kind": "c"}, profile="debug")
 
 
 def test_sine_plan(sine_build):
@@ -86,7 +88,7 @@ def test_not_a_model_file(tmp_path):
 def test_workspace_is_planned_in_the_arena_for_its_call_only():
     """ConvTranspose2d's kernel asks TVMBackendAllocWorkspace for its dilated and padded input."""
     source = CONV2D.parent.parent / "convtranspose2d" / "model.onnx"
-    result = relax_build.build(source, "ct", {"kind": "c"})
+    result = relax_build.build(source, "ct", {"kind": "c"}, profile="debug")
     [call] = [c for c in result.plan.calls if c.workspace is not None]
     ws = result.plan.storages[call.workspace]
     assert (ws.first, ws.last) == (call.step, call.step)

@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 
 from tasks import fsutil
-from tasks.importer import ModelSignature
+from tasks.frontend.importer import ModelSignature, read_signature
+from tasks.pair import Pair
 
 WORST_SHOWN = 5
 
@@ -37,11 +38,25 @@ def compare_one(actual: np.ndarray, expected: np.ndarray, rtol: float, atol: flo
     return result
 
 
-def run_compare(sig: ModelSignature, outputs_npz: Path, reference_npz: Path, reference_json: Path,
-                sizes_json: Path, rtol: float, atol: float, out_json: Path) -> dict[str, Any]:
+def output_keys(sig: ModelSignature) -> list[str]:
+    """One key per output for test.json: its name, with its index when two outputs share a name."""
+    names = [s.name for s in sig.outputs]
+    return [n if names.count(n) == 1 else f"{n} (output {i})" for i, n in enumerate(names)]
+
+
+def compare_pair(p: Pair) -> dict[str, Any]:
+    """Stage 6b: test.json from outputs.npz and the model's reference."""
+    m = p.model_files
+    return run_compare(read_signature(m.import_json), p.files.outputs_npz, m.reference_npz, m.reference_json,
+                       p.model.rtol, p.model.atol, p.files.test_json)
+
+
+def run_compare(sig: ModelSignature, outputs_npz: Path, reference_npz: Path, reference_json: Path, rtol: float,
+                atol: float, out_json: Path) -> dict[str, Any]:
     outputs = fsutil.load_npz(outputs_npz)
     reference = fsutil.load_npz(reference_npz)
-    per_output = {s.name: compare_one(outputs[s.c_name], reference[s.c_name], rtol, atol) for s in sig.outputs}
+    per_output = {key: compare_one(outputs[s.c_name], reference[s.c_name], rtol, atol)
+                  for key, s in zip(output_keys(sig), sig.outputs)}
     errors = [r for r in per_output.values() if r["max_abs_error"] is not None]
     result = {
         "passed": all(r["passed"] for r in per_output.values()),
@@ -49,7 +64,6 @@ def run_compare(sig: ModelSignature, outputs_npz: Path, reference_npz: Path, ref
         "max_rel_error": max((r["max_rel_error"] for r in errors), default=None),
         "reference": fsutil.read_json(reference_json)["reference"],
         "rtol": rtol, "atol": atol, "outputs": per_output,
-        "sizes": fsutil.read_json(sizes_json),
     }
     fsutil.write_json(out_json, result)
     return result

@@ -16,10 +16,13 @@ from typing import Any
 import numpy as np
 
 from tasks import fsutil
+from tasks.config import ModelConfig
+from tasks.layout import ModelFiles
 from tasks.naming import unique_c_identifiers
+from tasks.errors import CrtforgeError
 
 
-class ModelImportError(Exception):
+class ModelImportError(CrtforgeError):
     """The model file cannot be imported: names the file and what TVM said."""
 
 
@@ -224,9 +227,23 @@ def count_macs(mod) -> int:
     return total
 
 
+def read_signature(import_json: Path) -> ModelSignature:
+    """The signature the import stage recorded: every later stage reads it from here, never re-imports."""
+    return ModelSignature.from_dict(fsutil.read_json(import_json)["signature"])
+
+
+def import_model(model: ModelConfig, files: ModelFiles) -> ModelSignature:
+    """Stage 1, once per model: import.json in the model's folder."""
+    return run_import(model.source, files.import_json)
+
+
 def run_import(source: Path, out_json: Path) -> ModelSignature:
     """Import `source`, then write its signature, op counts and MACs to `out_json`."""
     mod = load_relax(source)
+    return write_import(mod, source, out_json)
+
+
+def write_import(mod, source: Path, out_json: Path) -> ModelSignature:
     sig = signature(mod, source)
     fsutil.write_json(out_json, {"source": source.name, "sha256": fsutil.sha256_file(source),
                                  "signature": sig.to_dict(), "ops": op_histogram(mod), "macs": count_macs(mod)})

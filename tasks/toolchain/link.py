@@ -18,9 +18,13 @@ import jinja2
 import numpy as np
 
 from tasks import fsutil
-from tasks.codegen import GeneratedFrom, _env, ctype, weight_lines
-from tasks.config import EXTERNAL_FILE, PROJECT_ROOT, Board, Memory, TargetConfig, Toolchain
-from tasks.importer import ModelSignature
+from tasks.compile.classify import read_classification
+from tasks.config import PROJECT_ROOT, Board, Memory, TargetConfig, Toolchain
+from tasks.emit.codegen import GeneratedFrom, _env, ctype, weight_lines
+from tasks.frontend.importer import ModelSignature, read_signature
+from tasks.layout import PairFiles
+from tasks.pair import Pair
+from tasks.errors import CrtforgeError
 
 CRT_DIR = PROJECT_ROOT / "crt"
 CRT_INCLUDE = CRT_DIR / "include"
@@ -42,11 +46,11 @@ KERNEL_WARNINGS = OWN_WARNINGS + ("-Wno-unused-parameter", "-Wno-unused-variable
 _MEASURE_BYTES = 256 * 1024 * 1024
 
 
-class ToolchainError(Exception):
+class ToolchainError(CrtforgeError):
     """A tool the target's toolchain names is not installed."""
 
 
-class CompileError(Exception):
+class CompileError(CrtforgeError):
     """The compiler or linker failed, or the program does not fit the board: names the file and what to do."""
 
 
@@ -244,97 +248,91 @@ def check_duplicate_symbols(objects: list[Path]) -> None:
             owner[name] = obj
 
 
-def _library_sources(model_dir: Path, backend: str,
-                     offload: bool = False) -> list[tuple[Path, tuple[str, ...] | None]]:
+def library_sources(files: PairFiles, offload: bool) -> list[tuple[Path, tuple[str, ...] | None]]:
     """(file, warnings) for the library: C to compile with those warnings, or an object (None) to take as is.
     A target that offloads adds the external modules' C and the kernels they call."""
     generated: list[tuple[Path, tuple[str, ...] | None]]
-    if backend == "llvm":
-        generated = [(model_dir / "kernels.o", None), (model_dir / "metadata.o", None)]
+    if files.backend == "llvm":
+        generated = [(files.kernels, None), (files.metadata_object, None)]
     else:
-        generated = [(model_dir / "kernels.c", KERNEL_WARNINGS), (model_dir / "metadata.c", OWN_WARNINGS)]
-    generated.append((model_dir / "executor.c", OWN_WARNINGS))
+        generated = [(files.kernels, KERNEL_WARNINGS), (files.metadata_c, OWN_WARNINGS)]
+    generated.append((files.executor_c, OWN_WARNINGS))
     crt = list(CRT_LIBRARY_SOURCES)
     if offload:
-        generated.append((model_dir / EXTERNAL_FILE, OWN_WARNINGS))
+        generated.append((files.external_c, OWN_WARNINGS))
         crt += CRT_OFFLOAD_SOURCES
     return generated + [(s, OWN_WARNINGS) for s in crt]
 
 
-def _harness_sources(model_dir: Path, board: Board) -> list[Path]:
+def harness_sources(files: PairFiles, board: Board) -> list[Path]:
     extra = list(BARE_METAL_SOURCES) if board.kind == "bare-metal" else []
-    return [model_dir / "harness.c", *CRT_HARNESS_SOURCES, *extra]
+    return [files.harness_c, *CRT_HARNESS_SOURCES, *extra]
 
 
-def _object(obj_dir: Path, source: Path) -> Path:
-    """The object file for `source`; crt/ sources get a `crt_` prefix so they never clash with generated ones."""
-    return obj_dir / (f"crt_{source.stem}.o" if CRT_DIR in source.parents else f"{source.stem}.o")
-
-
-def run_link(target: TargetConfig, model: str, model_dir: Path, prefix: str, sig: ModelSignature,
-             inputs_npz: Path, registry_count: int, arena_bytes: int, gen: GeneratedFrom) -> LinkOutputs:
-    """Compile everything in `model_dir`, archive lib<prefix>.a, link program.elf, write sizes.json."""
-    obj_dir = model_dir / "obj"
-    includes = [model_dir, CRT_INCLUDE]
-    fsutil.write_text(model_dir / "harness.c",
-                      emit_harness(sig, fsutil.load_npz(inputs_npz), prefix, registry_count, gen))
+def link_pair(p: Pair) -> LinkOutputs:
+    """Stage 5: compile everything, archive lib<prefix>.a, link program.elf, write sizes.json."""
+    f, target = p.files, p.target
+    sig = read_signature(p.model_files.import_json)
+    registry_count = len(read_classification(f.classification_json).registry_functions)
+    arena_bytes = fsutil.read_json(f.plan_json)["arena_bytes"]
+    gen = GeneratedFrom.of(p)
+    includes = [f.dir, CRT_INCLUDE]
+    fsutil.write_text(f.harness_c, emit_harness(sig, fsutil.load_npz(p.model_files.inputs_npz), p.model.prefix,
+                                                registry_count, gen))
 
     library_objects = []
-    for src, warnings in _library_sources(model_dir, target.backend, bool(target.offload)):
+    for src, warnings in library_sources(f, bool(target.offload)):
         if warnings is None:
             library_objects.append(src)
             continue
-        obj = _object(obj_dir, src)
+        obj = f.object_for(src, CRT_DIR)
         compile_c(target, src, obj, includes, warnings)
         library_objects.append(obj)
     check_duplicate_symbols(library_objects)
-    library = model_dir / f"lib{prefix}.a"
-    archive(target.toolchain, library_objects, library)
+    archive(target.toolchain, library_objects, f.library)
 
     harness_objects = []
-    for src in _harness_sources(model_dir, target.board):
-        obj = _object(obj_dir, src)
+    for src in harness_sources(f, target.board):
+        obj = f.object_for(src, CRT_DIR)
         compile_c(target, src, obj, includes)
         harness_objects.append(obj)
-    program = model_dir / "program.elf"
     script = None
     if target.board.kind == "bare-metal":
         # Link once with outsized memories to learn what the program needs, so that a model too big for the
         # board is refused with figures rather than a linker's "region overflowed".
-        measure = model_dir / "measure.ld"
-        fsutil.write_text(measure, linker_script(target.board, _MEASURE_BYTES))
+        fsutil.write_text(f.measure_linker_script, linker_script(target.board, _MEASURE_BYTES))
         try:
-            link_program(target, harness_objects, library, program, measure)
+            link_program(target, harness_objects, f.library, f.program, f.measure_linker_script)
         finally:
-            measure.unlink(missing_ok=True)
+            f.measure_linker_script.unlink(missing_ok=True)
         try:
-            check_fits(model, target.board, section_sizes(program, target.board.memory), arena_bytes)
+            check_fits(p.model.name, target.board, section_sizes(f.program, target.board.memory), arena_bytes)
         except CompileError:
-            program.unlink()
+            f.program.unlink()
             raise
-        script = model_dir / "board.ld"
+        script = f.linker_script
         fsutil.write_text(script, linker_script(target.board))
-    link_program(target, harness_objects, library, program, script)
+    link_program(target, harness_objects, f.library, f.program, script)
 
     stack = target.board.memory.stack_size if target.board.memory else None
-    fsutil.write_json(model_dir / "sizes.json", {"program": section_sizes(program, target.board.memory),
-                                                 "library": library_sizes(library_objects),
-                                                 "arena_bytes": arena_bytes, "stack_bytes": stack})
-    return LinkOutputs(library=library, program=program)
+    fsutil.write_json(f.sizes_json, {"program": section_sizes(f.program, target.board.memory),
+                                     "library": library_sizes(library_objects),
+                                     "arena_bytes": arena_bytes, "stack_bytes": stack})
+    return LinkOutputs(library=f.library, program=f.program)
 
 
-def link_sources(model_dir: Path, backend: str, offload: bool) -> list[Path]:
-    """Every file of `model_dir` that run_link reads, for doit's `file_dep`."""
-    return [src for src, _ in _library_sources(model_dir, backend, offload) if CRT_DIR not in src.parents]
+def link_inputs(files: PairFiles, offload: bool) -> list[Path]:
+    """Every generated file of the pair that link_pair compiles or takes as is, for doit's `file_dep`."""
+    return [src for src, _ in library_sources(files, offload) if CRT_DIR not in src.parents]
 
 
-def link_targets(model_dir: Path, prefix: str, backend: str, board: Board, offload: bool) -> list[Path]:
-    """Every file run_link writes, for doit's `targets`."""
-    compiled = [src for src, warnings in _library_sources(model_dir, backend, offload) if warnings is not None]
-    compiled += _harness_sources(model_dir, board)
-    script = [model_dir / "board.ld"] if board.kind == "bare-metal" else []
-    return [model_dir / "harness.c", *[_object(model_dir / "obj", s) for s in compiled], *script,
-            model_dir / f"lib{prefix}.a", model_dir / "program.elf", model_dir / "sizes.json"]
+def link_targets(files: PairFiles, board: Board, offload: bool) -> list[Path]:
+    """Every file link_pair writes, for doit's `targets`."""
+    compiled = [src for src, warnings in library_sources(files, offload) if warnings is not None]
+    compiled += harness_sources(files, board)
+    script = [files.linker_script] if board.kind == "bare-metal" else []
+    return [files.harness_c, *[files.object_for(s, CRT_DIR) for s in compiled], *script, files.library,
+            files.program, files.sizes_json]
 
 
 def board_with_memory(board: Board, **changes: int) -> Board:

@@ -15,20 +15,49 @@ import numpy as np
 
 from tasks import fsutil
 from tasks.config import Board
-from tasks.importer import ModelSignature
+from tasks.frontend.importer import ModelSignature, read_signature
+from tasks.pair import Pair
+from tasks.errors import CrtforgeError
 
 
-class RunError(Exception):
+class RunError(CrtforgeError):
     """The test program did not run to completion: says how it ended."""
 
 
 def runner_argv(board: Board, program: Path) -> list[str]:
-    """The board's command with the program in place of "{program}"; its emulator must be installed."""
+    """The board's command with the program in place of "{program}"; its emulator must be installed, and a
+    program run natively must be built for this machine."""
     argv = [str(program) if a == "{program}" else a for a in board.run]
-    if board.runner != "native" and shutil.which(argv[0]) is None:
+    if board.run[0] != "{program}" and shutil.which(argv[0]) is None:
         raise RunError(f"{board.file.name}: '{argv[0]}' is not installed (board '{board.name}'). "
                        f"HINT: apt-get install {board.debian_package}")
+    if board.run[0] == "{program}":
+        _check_native(board, program)
     return argv
+
+
+# ELF e_machine of this machine's programs, by platform.machine().
+_NATIVE_MACHINES = {"x86_64": "EM_X86_64", "aarch64": "EM_AARCH64", "riscv64": "EM_RISCV", "armv7l": "EM_ARM"}
+
+
+def _check_native(board: Board, program: Path) -> None:
+    """A cross-compiled program run natively fails with 'Exec format error': say which toolchain is wrong."""
+    import platform
+
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.elffile import ELFFile
+
+    want = _NATIVE_MACHINES.get(platform.machine())
+    try:
+        with open(program, "rb") as f:
+            machine = ELFFile(f)["e_machine"]
+    except (ELFError, OSError):
+        return  # not an ELF file we can read: let the run itself say what happens
+    if want is not None and machine != want:
+        raise RunError(f"{program.name} is built for {machine.removeprefix('EM_')}, but board '{board.name}' runs "
+                       f"programs natively on this {platform.machine()} machine.",
+                       hint="give the target a board for that machine (e.g. board = \"qemu-aarch64\"), or a "
+                            "toolchain for this one (host-gcc)")
 
 
 def parse_outputs(stdout: str, sig: ModelSignature) -> dict[str, np.ndarray]:
@@ -67,6 +96,9 @@ def run_program(board: Board, program: Path, sig: ModelSignature, timeout: float
     where = f"on board '{board.name}' (runner '{board.runner}')"
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    except OSError as e:  # e.g. Exec format error, permission denied
+        raise RunError(f"{program.name} cannot be started {where}: {e.strerror} ({argv[0]}).",
+                       hint=f"check the board's run command in {board.file.name}") from None
     except subprocess.TimeoutExpired:
         raise RunError(f"{program.name} did not finish within {timeout:g} s {where}: it hangs, or the model is "
                        "slow. HINT: raise the target's 'timeout' in pipeline.toml if the model is just slow.") from None
@@ -84,3 +116,10 @@ def run_program(board: Board, program: Path, sig: ModelSignature, timeout: float
     outputs = parse_outputs(proc.stdout, sig)
     fsutil.save_npz(out_npz, outputs)
     return outputs
+
+
+def execute_pair(p: Pair) -> dict[str, np.ndarray]:
+    """Stage 6a: run program.elf with the target's runner; outputs.npz and run.log."""
+    f = p.files
+    return run_program(p.target.board, f.program, read_signature(p.model_files.import_json), p.target.timeout,
+                       f.outputs_npz, f.run_log)

@@ -1,4 +1,4 @@
-"""The results table: one row per (model, target) from each pair's test.json."""
+"""The results table: one row per (model, target) from each pair's test.json, sizes.json and classification.json."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks import fsutil
+from tasks.layout import PairFiles
 
 # Sizes in bytes from the linked program's ELF (flash = text + rodata + data, RAM = data + bss; the arena is
 # part of bss, the stack is reserved apart on bare-metal boards) and, for the model alone, from its library.
@@ -13,10 +14,10 @@ COLUMNS = ("target", "model", "passed", "max abs error", "max rel error", "refer
            "arena B", "stack B", "model flash B", "registry")
 
 
-def row(target: str, model: str, test: dict[str, Any] | None, classification: dict[str, Any] | None) -> list[str]:
-    if test is None:
+def row(target: str, model: str, test: dict[str, Any] | None, sizes: dict[str, Any] | None,
+        classification: dict[str, Any] | None) -> list[str]:
+    if test is None or sizes is None:
         return [target, model, "not run"] + [""] * (len(COLUMNS) - 3)
-    sizes = test["sizes"]
     fmt = lambda x: "n/a" if x is None else f"{x:.2e}"  # noqa: E731
     counts = classification["counts"] if classification else {}
     return [target, model, "yes" if test["passed"] else "NO", fmt(test["max_abs_error"]),
@@ -50,13 +51,14 @@ def mismatch_lines(target: str, model: str, test: dict[str, Any]) -> list[str]:
     return lines
 
 
-def write_report(pairs: list[tuple[str, str, Path]], out_md: Path) -> tuple[str, list[str]]:
-    """Table for `pairs` (target, model, pair directory); returns it and a line per failure (none: all passed)."""
+def write_report(pairs: list[PairFiles], names: list[tuple[str, str]], out_md: Path) -> tuple[str, list[str]]:
+    """Table for the pairs' files and their (target, model) names; returns it and a line per failure (none: all
+    passed)."""
+    read = lambda path: fsutil.read_json(path) if path.exists() else None  # noqa: E731
     rows, failures = [], []
-    for target, model, d in pairs:
-        test = fsutil.read_json(d / "test.json") if (d / "test.json").exists() else None
-        cls = fsutil.read_json(d / "classification.json") if (d / "classification.json").exists() else None
-        rows.append(row(target, model, test, cls))
+    for files, (target, model) in zip(pairs, names):
+        test = read(files.test_json)
+        rows.append(row(target, model, test, read(files.sizes_json), read(files.classification_json)))
         if test is None:
             failures.append(f"{target}/{model}: not run")
         elif not test["passed"]:

@@ -14,11 +14,12 @@ from typing import Any
 import numpy as np
 
 from tasks.config import OFFLOAD_CODEGENS
+from tasks.errors import CrtforgeError
 
 _CODEGEN = "crtforge_dense"
 
 
-class OffloadError(Exception):
+class OffloadError(CrtforgeError):
     """An offloaded function the codegen cannot express."""
 
 
@@ -57,7 +58,7 @@ def _emit(func, constant_names) -> Any:
     import tvm
     from tvm import ir, relax
 
-    from tasks.codegen import _env
+    from tasks.emit.codegen import _env
 
     symbol = str(func.attrs["global_symbol"])
     operands: dict[str, Any] = {}  # "relax.matmul" → W, "relax.add" → bias: each call's constant operand

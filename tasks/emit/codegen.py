@@ -15,9 +15,13 @@ import jinja2
 import numpy as np
 
 from tasks import fsutil
-from tasks.classify import FFI_PREFIX, Classification
-from tasks.importer import ModelSignature
-from tasks.plan import HOME_ARENA, HOME_CONST, HOME_INPUT, STORAGE_OUTPUT, Plan
+from tasks.compile.classify import FFI_PREFIX, Classification, read_classification
+from tasks.compile.plan import HOME_ARENA, HOME_CONST, HOME_INPUT, STORAGE_OUTPUT, Plan
+from tasks.deps import versions
+from tasks.frontend.importer import ModelSignature, read_signature
+from tasks.naming import ModelSymbols
+from tasks.pair import Pair
+from tasks.errors import CrtforgeError
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
@@ -33,7 +37,7 @@ _DTYPES = {
 _VALUES_PER_LINE = 8
 
 
-class CodegenError(Exception):
+class CodegenError(CrtforgeError):
     """Something in the plan that the C emitter cannot express."""
 
 
@@ -46,6 +50,12 @@ class GeneratedFrom:
     sha256: str
     tvm_version: str
     header: str  # the model header's file name
+
+    @staticmethod
+    def of(p: Pair) -> "GeneratedFrom":
+        return GeneratedFrom(model=p.model.name, target=p.target.name, source=p.model.source.name,
+                             sha256=fsutil.sha256_file(p.model.source), tvm_version=versions()["apache-tvm"],
+                             header=p.files.header.name)
 
 
 @dataclass(frozen=True)
@@ -167,7 +177,9 @@ def compile_ll(ll: Path, obj: Path) -> None:
 
 
 def emit_header(plan: Plan, sig: ModelSignature, prefix: str, gen: GeneratedFrom) -> str:
-    return _env().get_template("model.h.j2").render(plan=plan, sig=sig, p=prefix, P=prefix.upper(), gen=gen)
+    sym = ModelSymbols(prefix)
+    return _env().get_template("model.h.j2").render(plan=plan, sig=sig, p=prefix, P=sym.macro,
+                                                    guard=sym.include_guard, gen=gen)
 
 
 def _weight(name: str, array: np.ndarray, needed_by: str = "") -> dict[str, Any]:
@@ -254,38 +266,41 @@ def emit_executor(plan: Plan, params: dict[str, np.ndarray], sig: ModelSignature
             bound.append({"id": t.id, "expr": f"inputs->{sig.inputs[t.index].c_name}"})
         elif output_of(t) is not None:
             bound.append({"id": t.id, "expr": f"outputs->{sig.outputs[output_of(t)].c_name}"})
-    copies = []  # outputs that are not computed in place: an input or weights returned as is
+    copies = []  # outputs not computed in place: an input, weights, or a tensor already returned
     for index, (tid, spec) in enumerate(zip(plan.outputs, sig.outputs)):
         t = plan.tensors[tid]
         if output_of(t) == index:
             continue
-        src = f"inputs->{sig.inputs[t.index].c_name}" if t.home == HOME_INPUT else data_expr(t)
+        if t.home == HOME_INPUT:
+            src = f"inputs->{sig.inputs[t.index].c_name}"
+        elif output_of(t) is not None:  # one tensor returned as two outputs: computed in the first one's buffer
+            src = f"outputs->{sig.outputs[output_of(t)].c_name}"
+        else:
+            src = data_expr(t)
         copies.append({"c_name": spec.c_name, "data": src, "nbytes": t.nbytes})
     return _env().get_template("executor.c.j2").render(
         plan=plan, p=p, P=p.upper(), gen=gen, weights=weights, shapes=shapes, tensors=tensors, calls=calls,
         bound=bound, copies=copies, external_constants=extern_constants or [])
 
 
-def run_codegen(plan_json: Path, params_npz: Path, classification_json: Path, import_json: Path,
-                prefix: str, gen: GeneratedFrom, target_json: dict[str, Any], out_dir: Path) -> None:
-    """Write the metadata module (metadata.c, or metadata.ll and metadata.o), executor.c and the model
-    header into `out_dir`."""
-    from tasks.classify import ModuleRecord, classify
-
-    plan = Plan.from_dict(fsutil.read_json(plan_json))
-    params = fsutil.load_npz(params_npz)
-    sig = ModelSignature.from_dict(fsutil.read_json(import_json)["signature"])
-    records = [ModuleRecord.from_dict(m) for m in fsutil.read_json(classification_json)["modules"]]
-    classification = classify(records)
-    registry = Registry.from_classification(prefix, classification)
-    missing = sorted(set(plan.kernels) - {f.name for f in registry.functions})
+def codegen_pair(p: Pair) -> None:
+    """Stage 4: the metadata module (metadata.c, or metadata.ll and metadata.o), executor.c and the model header."""
+    f = p.files
+    plan = Plan.from_dict(fsutil.read_json(f.plan_json))
+    params = fsutil.load_npz(f.params_npz)
+    sig = read_signature(p.model_files.import_json)
+    classification = read_classification(f.classification_json)
+    gen = GeneratedFrom.of(p)
+    registry = Registry.from_classification(p.model.prefix, classification)
+    missing = sorted(set(plan.kernels) - {e.name for e in registry.functions})
     if missing:
         raise CodegenError(f"kernels called by the plan but defined by no module: {', '.join(missing)}")
+    target_json = p.target.tvm_target()
     if target_json["kind"] == "llvm":
-        fsutil.write_text(out_dir / "metadata.ll", emit_metadata_ll(registry, gen, target_json))
-        compile_ll(out_dir / "metadata.ll", out_dir / "metadata.o")
+        fsutil.write_text(f.metadata_ll, emit_metadata_ll(registry, gen, target_json))
+        compile_ll(f.metadata_ll, f.metadata_object)
     else:
-        fsutil.write_text(out_dir / "metadata.c", emit_metadata_c(registry, gen))
-    fsutil.write_text(out_dir / "executor.c", emit_executor(plan, params, sig, prefix, gen,
-                                                            external_constants(classification, params)))
-    fsutil.write_text(out_dir / gen.header, emit_header(plan, sig, prefix, gen))
+        fsutil.write_text(f.metadata_c, emit_metadata_c(registry, gen))
+    fsutil.write_text(f.executor_c, emit_executor(plan, params, sig, p.model.prefix, gen,
+                                                  external_constants(classification, params)))
+    fsutil.write_text(f.header, emit_header(plan, sig, p.model.prefix, gen))

@@ -15,12 +15,14 @@ import subprocess
 from pathlib import Path
 
 from elftools.elf.elffile import ELFFile
+from tasks.config import PROJECT_ROOT
+from tasks.errors import CrtforgeError
 
-PLUGIN_SOURCE = Path(__file__).resolve().parent.parent / "bench" / "plugin" / "crtforge_insns.c"
+PLUGIN_SOURCE = PROJECT_ROOT / "bench" / "plugin" / "crtforge_insns.c"
 _RESULT = re.compile(r"crtforge-insns (\d+) regions=(\d+)")
 
 
-class QemuInsnsError(RuntimeError):
+class QemuInsnsError(CrtforgeError):
     """The plugin could not be built, a marker is missing, or the run gave no count."""
 
 

@@ -10,7 +10,12 @@ reason and what to change.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
+
+from tasks import fsutil
+from tasks.errors import CrtforgeError
+from tasks.pair import Pair
 
 DSO_KINDS = ("c", "llvm")
 
@@ -19,7 +24,7 @@ MASK_RUNNABLE = 2
 MASK_COMPILATION_EXPORTABLE = 4
 
 
-class ClassifyError(Exception):
+class ClassifyError(CrtforgeError):
     """A module the C runtime cannot host, or clashing symbols."""
 
 
@@ -131,3 +136,16 @@ def classify(records: list[ModuleRecord]) -> Classification:
                                     f"(kind '{owner[f].kind}') and module {v.record.path} (kind '{v.record.kind}')")
             owner[f] = v.record
     return result
+
+
+def classify_pair(p: Pair) -> Classification:
+    """Stage 3: classification.json from the build's modules.json."""
+    result = classify([ModuleRecord.from_dict(m) for m in fsutil.read_json(p.files.modules_json)])
+    fsutil.write_json(p.files.classification_json, result.to_dict())
+    return result
+
+
+def read_classification(path: Path) -> Classification:
+    """The verdicts the classify stage stored: later stages read them, they do not classify again."""
+    data = fsutil.read_json(path)
+    return Classification([Verdict(ModuleRecord.from_dict(m), m["verdict"], m["reason"]) for m in data["modules"]])

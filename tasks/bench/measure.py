@@ -17,15 +17,18 @@ from typing import Any
 import numpy as np
 
 from tasks import fsutil
+from tasks.errors import CrtforgeError
 from tasks.config import Memory
-from tasks.link import in_ram
-from tasks.pair import Pair, generated_from, signature
+from tasks.toolchain.link import in_ram
+from tasks.frontend.importer import read_signature
+from tasks.layout import ModelFiles
+from tasks.pair import Pair
 
 ROUNDS, ITERATIONS, WARMUP = 5, 200, 20  # wall time: the smallest of ROUNDS medians of ITERATIONS runs
 _STACK = re.compile(r"^crtforge-stack (\d+)$", re.M)
 
 
-class BenchError(Exception):
+class BenchError(CrtforgeError):
     """A measurement that could not be taken: says which and why."""
 
 
@@ -91,14 +94,14 @@ def callgrind_instructions(argv: list[str], function: str, out_file: Path, timeo
     return int(m.group(1))
 
 
-def instructions(p: Pair, plugin: Path, scratch: Path) -> tuple[int, int | None]:
+def instructions(p: Pair, plugin: Path) -> tuple[int, int | None]:
     """(instructions of one inference, stack high-water in bytes or None) for the pair's test program."""
-    from tasks.qemu_insns import count_instructions, marker_addresses
-    from tasks.run import runner_argv
+    from tasks.bench.qemu_insns import count_instructions, marker_addresses
+    from tasks.execute.run import runner_argv
 
     argv = runner_argv(p.target.board, p.files.program)
     if p.target.runner == "native":
-        return callgrind_instructions(argv, f"{p.model.prefix}_run", scratch / "callgrind.out"), None
+        return callgrind_instructions(argv, p.symbols.run, p.files.callgrind_out), None
     start, stop = marker_addresses(p.files.program, "crtforge_bench_start", "crtforge_bench_stop")
     count, regions, stdout = count_instructions(argv, plugin, start, stop, p.target.timeout)
     if regions != 1:
@@ -111,18 +114,17 @@ def instructions(p: Pair, plugin: Path, scratch: Path) -> tuple[int, int | None]
 
 def host_wall_ns(p: Pair) -> float:
     """Our library's wall time per inference on the host: the timing program's smallest median."""
-    from tasks.codegen import _env
-    from tasks.link import CRT_INCLUDE, compile_c, emit_harness_data, link_program
+    from tasks.emit.codegen import GeneratedFrom, _env
+    from tasks.toolchain.link import CRT_INCLUDE, compile_c, emit_harness_data, link_program
 
     f = p.files
-    data = emit_harness_data(signature(f.import_json), fsutil.load_npz(p.inputs_npz))
-    source = f.dir / "timing.c"
+    data = emit_harness_data(read_signature(p.model_files.import_json), fsutil.load_npz(p.model_files.inputs_npz))
+    source = f.timing_c
     fsutil.write_text(source, _env().get_template("timing.c.j2").render(
-        p=p.model.prefix, gen=generated_from(p.model, p.target), rounds=ROUNDS, iterations=ITERATIONS,
-        warmup=WARMUP, **data))
-    obj, program = f.dir / "obj" / "timing.o", f.dir / "timing.elf"
+        p=p.model.prefix, gen=GeneratedFrom.of(p), rounds=ROUNDS, iterations=ITERATIONS, warmup=WARMUP, **data))
+    obj, program = f.timing_object, f.timing_program
     compile_c(p.target, source, obj, [f.dir, CRT_INCLUDE])
-    link_program(p.target, [obj], f.dir / f"lib{p.model.prefix}.a", program)
+    link_program(p.target, [obj], f.library, program)
     out = subprocess.run([str(program)], capture_output=True, text=True, timeout=300)
     m = re.search(r"crtforge-time-ns ([\d.]+)", out.stdout)
     if out.returncode != 0 or m is None:
@@ -180,9 +182,9 @@ def bench_pair(p: Pair, plugin: Path) -> dict[str, Any]:
     f = p.files
     plan = fsutil.read_json(f.plan_json)
     sizes = fsutil.read_json(f.sizes_json)
-    macs = fsutil.read_json(f.import_json).get("macs", 0)
+    macs = fsutil.read_json(p.model_files.import_json).get("macs", 0)
     const_vars = {c for m in fsutil.read_json(f.classification_json)["modules"] for c in m["const_vars"]}
-    count, stack = instructions(p, plugin, f.dir)
+    count, stack = instructions(p, plugin)
     workspace = max((s["nbytes"] for s in plan["storages"] if s["kind"] == "workspace"), default=0)
     result = {
         "target": p.target.name, "model": p.model.name, "profile": p.target.profile, "backend": p.target.backend,
@@ -195,19 +197,18 @@ def bench_pair(p: Pair, plugin: Path) -> dict[str, Any]:
         "workspace_peak": workspace, "stack_high_water": stack, "stack_reserved": sizes["stack_bytes"],
         "wall_ns": host_wall_ns(p) if p.target.runner == "native" else None,
     }
-    fsutil.write_json(f.dir / "bench.json", result)
+    fsutil.write_json(f.bench_json, result)
     return result
 
 
-def peer_onnxruntime(source: Path, reference_dir: Path) -> dict[str, Any]:
-    names = [t["c_name"] for t in fsutil.read_json(reference_dir / "reference.json")["signature"]["inputs"]]
-    return {"peer": "onnxruntime", "wall_ns": onnxruntime_wall_ns(source, fsutil.load_npz(reference_dir / "inputs.npz"),
-                                                                  names)}
+def peer_onnxruntime(source: Path, files: ModelFiles) -> dict[str, Any]:
+    names = [t["c_name"] for t in fsutil.read_json(files.reference_json)["signature"]["inputs"]]
+    return {"peer": "onnxruntime", "wall_ns": onnxruntime_wall_ns(source, fsutil.load_npz(files.inputs_npz), names)}
 
 
-def peer_tflm(source: Path, reference_dir: Path, scratch: Path) -> dict[str, Any]:
-    names = [t["c_name"] for t in fsutil.read_json(reference_dir / "reference.json")["signature"]["inputs"]]
-    return {"peer": "tflm", "instructions": tflm_instructions(source, reference_dir / "inputs.npz", names, scratch)}
+def peer_tflm(source: Path, files: ModelFiles, scratch: Path) -> dict[str, Any]:
+    names = [t["c_name"] for t in fsutil.read_json(files.reference_json)["signature"]["inputs"]]
+    return {"peer": "tflm", "instructions": tflm_instructions(source, files.inputs_npz, names, scratch)}
 
 
 def _fmt(x: float | int | None, spec: str = ",") -> str:

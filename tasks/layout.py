@@ -1,0 +1,151 @@
+"""The one authority for file names: every path crtforge writes under `out/` is a property here.
+
+    out/.crtforge.doit.db, out/.crtforge.lock       the dependency database and the lock that guards it
+    out/_models/<model>/                            per model: import.json, inputs, reference (ModelFiles)
+    out/<target>/<model>/                           per pair: every stage's files (PairFiles)
+    out/results.md, bench.*, conformance.*          per pipeline (PipelineFiles)
+
+The database and the lock live in the folder they describe: two pipeline files that share `out` share both,
+and a pipeline that moves `out` away and back finds the database that matches what is there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+# Per backend: the kernels file the build stage writes, and the metadata module files codegen writes.
+KERNELS_FILE = {"c": "kernels.c", "llvm": "kernels.o"}
+METADATA_FILES = {"c": ("metadata.c",), "llvm": ("metadata.ll", "metadata.o")}
+MODELS_DIR = "_models"  # '_' starts no target name, so it never clashes with out/<target>/
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """out/_models/<model>/: written once per model, read by every target's pairs."""
+    dir: Path
+
+    @property
+    def import_json(self) -> Path: return self.dir / "import.json"
+    @property
+    def inputs_npz(self) -> Path: return self.dir / "inputs.npz"
+    @property
+    def reference_npz(self) -> Path: return self.dir / "reference.npz"
+    @property
+    def reference_json(self) -> Path: return self.dir / "reference.json"
+    @property
+    def vm_json(self) -> Path: return self.dir / "vm.json"  # conformance: TVM's own VM on the test
+
+    @property
+    def reference_files(self) -> tuple[Path, Path, Path]:
+        return (self.inputs_npz, self.reference_npz, self.reference_json)
+
+
+@dataclass(frozen=True)
+class PairFiles:
+    """out/<target>/<model>/: every file of one (model, target) pair."""
+    dir: Path
+    prefix: str  # the model's C prefix (tasks/naming.py): the header and library are named after it
+    backend: str  # "c" or "llvm"
+
+    @property
+    def kernels(self) -> Path: return self.dir / KERNELS_FILE[self.backend]
+    @property
+    def metadata(self) -> list[Path]: return [self.dir / n for n in METADATA_FILES[self.backend]]
+    @property
+    def metadata_ll(self) -> Path: return self.dir / "metadata.ll"
+    @property
+    def metadata_object(self) -> Path: return self.dir / "metadata.o"
+    @property
+    def metadata_c(self) -> Path: return self.dir / "metadata.c"
+    @property
+    def external_c(self) -> Path: return self.dir / "external.c"
+    @property
+    def plan_json(self) -> Path: return self.dir / "plan.json"
+    @property
+    def params_npz(self) -> Path: return self.dir / "params.npz"
+    @property
+    def modules_json(self) -> Path: return self.dir / "modules.json"
+    @property
+    def classification_json(self) -> Path: return self.dir / "classification.json"
+    @property
+    def executor_c(self) -> Path: return self.dir / "executor.c"
+    @property
+    def header(self) -> Path: return self.dir / f"{self.prefix}.h"
+    @property
+    def harness_c(self) -> Path: return self.dir / "harness.c"
+    @property
+    def obj_dir(self) -> Path: return self.dir / "obj"
+    @property
+    def library(self) -> Path: return self.dir / f"lib{self.prefix}.a"
+    @property
+    def program(self) -> Path: return self.dir / "program.elf"
+    @property
+    def linker_script(self) -> Path: return self.dir / "board.ld"
+    @property
+    def measure_linker_script(self) -> Path: return self.dir / "measure.ld"  # removed after use
+    @property
+    def sizes_json(self) -> Path: return self.dir / "sizes.json"
+    @property
+    def outputs_npz(self) -> Path: return self.dir / "outputs.npz"
+    @property
+    def run_log(self) -> Path: return self.dir / "run.log"
+    @property
+    def test_json(self) -> Path: return self.dir / "test.json"
+    @property
+    def bench_json(self) -> Path: return self.dir / "bench.json"
+    @property
+    def timing_c(self) -> Path: return self.dir / "timing.c"
+    @property
+    def timing_object(self) -> Path: return self.obj_dir / "timing.o"
+    @property
+    def timing_program(self) -> Path: return self.dir / "timing.elf"
+    @property
+    def callgrind_out(self) -> Path: return self.dir / "callgrind.out"
+    @property
+    def result_json(self) -> Path: return self.dir / "result.json"  # conformance: the pair's outcome
+
+    def object_for(self, source: Path, crt_dir: Path) -> Path:
+        """The object of `source`; crt/ sources get a `crt_` prefix so they never clash with generated ones."""
+        return self.obj_dir / (f"crt_{source.stem}.o" if crt_dir in source.parents else f"{source.stem}.o")
+
+
+@dataclass(frozen=True)
+class PipelineFiles:
+    """Everything under one pipeline's `out` folder."""
+    out: Path
+
+    @property
+    def dep_db(self) -> Path: return self.out / ".crtforge.doit.db"
+    @property
+    def lock(self) -> Path: return self.out / ".crtforge.lock"
+    @property
+    def results_md(self) -> Path: return self.out / "results.md"
+    @property
+    def bench_json(self) -> Path: return self.out / "bench.json"
+    @property
+    def bench_md(self) -> Path: return self.out / "bench.md"
+    @property
+    def bench_dir(self) -> Path: return self.out / "bench"
+    @property
+    def insns_plugin(self) -> Path: return self.bench_dir / "crtforge_insns.so"
+    @property
+    def peers_dir(self) -> Path: return self.bench_dir / "peers"
+    @property
+    def conformance_md(self) -> Path: return self.out / "conformance.md"
+    @property
+    def conformance_json(self) -> Path: return self.out / "conformance.json"
+    @property
+    def conformance_dir(self) -> Path: return self.out / "conformance"
+
+    def peer_json(self, peer: str, model: str) -> Path:
+        return self.peers_dir / f"{peer}-{model}.json"
+
+    def plot(self, target: str) -> Path:
+        return self.bench_dir / f"{target}.png"
+
+    def model(self, name: str) -> ModelFiles:
+        return ModelFiles(self.out / MODELS_DIR / name)
+
+    def pair(self, target: str, model: str, prefix: str, backend: str) -> PairFiles:
+        return PairFiles(self.out / target / model, prefix, backend)
