@@ -71,3 +71,21 @@ def test_crash_reports_status_and_output(tmp_path):
         run_program(HOST, program, SIG, 10, tmp_path / "o.npz", tmp_path / "run.log")
     assert not (tmp_path / "o.npz").exists()
     assert "exit -11" in (tmp_path / "run.log").read_text()
+
+
+def test_outputs_with_the_same_name_keep_one_entry_each(tmp_path):
+    """Two outputs named 'y' used to collapse into one test.json entry (the second overwrote the first)."""
+    from tasks import fsutil
+    from tasks.execute.compare import run_compare
+
+    sig = ModelSignature(inputs=(), outputs=(TensorSpec("y", "output_0", (2,), "float32"),
+                                             TensorSpec("y", "output_1", (2,), "float32")))
+    good, bad = np.array([1, 2], np.float32), np.array([1, 5], np.float32)
+    fsutil.save_npz(tmp_path / "out.npz", {"output_0": good, "output_1": bad})
+    fsutil.save_npz(tmp_path / "ref.npz", {"output_0": good, "output_1": good})
+    fsutil.write_json(tmp_path / "ref.json", {"reference": "tflm"})
+    result = run_compare(sig, tmp_path / "out.npz", tmp_path / "ref.npz", tmp_path / "ref.json", 1e-4, 1e-5,
+                         tmp_path / "test.json")
+    assert list(result["outputs"]) == ["y (output 0)", "y (output 1)"]
+    assert result["outputs"]["y (output 0)"]["passed"] and not result["outputs"]["y (output 1)"]["passed"]
+    assert result["passed"] is False
