@@ -17,13 +17,11 @@ import numpy as np
 from tasks import fsutil
 from tasks.compile.classify import FFI_PREFIX, Classification, read_classification
 from tasks.compile.plan import HOME_ARENA, HOME_CONST, HOME_INPUT, STORAGE_OUTPUT, Plan
-from tasks.deps import versions
+from tasks.deps import TEMPLATES_DIR, versions
 from tasks.frontend.importer import ModelSignature, read_signature
 from tasks.naming import ModelSymbols
 from tasks.pair import Pair
 from tasks.errors import CrtforgeError
-
-TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 # dtype → (C type, DLPack type code name, bits)
 _DTYPES = {
@@ -89,7 +87,7 @@ def ctype(dtype: str) -> str:
 
 
 def _env() -> jinja2.Environment:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), trim_blocks=True,
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)), trim_blocks=True,
                              lstrip_blocks=True, keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
     env.globals["ctype"] = ctype
     return env

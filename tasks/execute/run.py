@@ -28,11 +28,11 @@ def runner_argv(board: Board, program: Path) -> list[str]:
     """The board's command with the program in place of "{program}"; its emulator must be installed, and a
     program run natively must be built for this machine."""
     argv = [str(program) if a == "{program}" else a for a in board.run]
-    if board.run[0] != "{program}" and shutil.which(argv[0]) is None:
-        raise RunError(f"{board.file.name}: '{argv[0]}' is not installed (board '{board.name}'). "
-                       f"HINT: apt-get install {board.debian_package}")
     if board.run[0] == "{program}":
         _check_native(board, program)
+    elif shutil.which(argv[0]) is None:
+        raise RunError(f"{board.file.name}: '{argv[0]}' is not installed (board '{board.name}'). "
+                       f"HINT: apt-get install {board.debian_package}")
     return argv
 
 
