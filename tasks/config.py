@@ -7,9 +7,10 @@ Every error names the file and the key, and says how to fix it. Nothing here imp
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 import tomllib
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -35,15 +36,26 @@ REFERENCES = ("auto", "onnxruntime", "tflm", "tvm")
 REFERENCE_FORMATS = {"onnxruntime": ".onnx", "tflm": ".tflite"}
 
 
-def read_by(*stages: str) -> Any:
+# The stages whose tasks read settings (tasks/pair.py's Stage names, and the benchmarks).
+STAGES = ("import", "reference", "build", "classify", "codegen", "link", "run", "compare", "bench")
+
+
+def read_by(*stages: str, default: Any = MISSING) -> Any:
     """A dataclass field that only these stages read: only their tasks rerun when it changes. A field without
-    it is read by every stage, so a new field can never escape a task's up-to-date check."""
-    return field(metadata={"stages": stages})
+    it is read by every stage, so a new field can never escape a task's up-to-date check. A stage name that is
+    not in STAGES would silently exclude the field from that stage's check: it fails here, at import."""
+    unknown = set(stages) - set(STAGES)
+    if unknown:
+        raise ValueError(f"read_by: unknown stage(s) {sorted(unknown)}; stages are {STAGES}")
+    return field(default=default, metadata={"stages": stages})
 
 
 def settings(obj: Any, *stages: str) -> Any:
     """The settings of `obj` (a config dataclass, recursively) that any of `stages` reads, as plain data for
     doit's config_changed."""
+    unknown = set(stages) - set(STAGES)
+    if unknown:
+        raise ValueError(f"settings: unknown stage(s) {sorted(unknown)}; stages are {STAGES}")
     if is_dataclass(obj):
         return {f.name: settings(getattr(obj, f.name), *stages) for f in fields(obj)
                 if set(stages) & set(f.metadata.get("stages", stages))}
@@ -98,8 +110,8 @@ class Board:
     cpu: str  # TVM's mcpu ("" when not stated)
     cflags: tuple[str, ...] = read_by("link", "bench")  # CPU and ABI flags every compile and link uses
     ldflags: tuple[str, ...] = read_by("link", "bench")
-    run: tuple[str, ...] = read_by("execute", "bench")  # argv; "{program}" stands for the linked program
-    debian_package: str = read_by("execute", "bench")  # provides run[0]
+    run: tuple[str, ...] = read_by("run", "bench")  # argv; "{program}" stands for the linked program
+    debian_package: str = read_by("run", "bench")  # provides run[0]
     memory: Memory | None = read_by("link", "bench")  # bare-metal only
 
     @property
@@ -116,7 +128,7 @@ class ModelConfig:
     expected: Path | None = read_by("reference")
     rtol: float = read_by("compare")
     atol: float = read_by("compare")
-    reference: str = field(default="auto", metadata={"stages": ("reference",)})  # one of REFERENCES
+    reference: str = read_by("reference", default="auto")  # one of REFERENCES
 
     @property
     def format(self) -> str:
@@ -142,16 +154,26 @@ def external_data_files(source: Path) -> list[Path]:
     if source.suffix != ".onnx":
         return []
     try:
+        stat = source.stat()
+    except OSError:
+        return []
+    # Every task of every pair asks at load; the file's version is the cache key, so an edit is seen.
+    return list(_external_data_files(source, stat.st_mtime_ns, stat.st_size))
+
+
+@functools.lru_cache(maxsize=None)
+def _external_data_files(source: Path, mtime_ns: int, size: int) -> tuple[Path, ...]:
+    try:
         import onnx
 
         model = onnx.load(str(source), load_external_data=False)
     except Exception:  # onnx not installed yet, or not a valid model: the import stage says which
-        return []
+        return ()
     locations = set()
     for tensor in _onnx_tensors(model.graph):
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
             locations.update(e.value for e in tensor.external_data if e.key == "location")
-    return [source.parent / loc for loc in sorted(locations)]
+    return tuple(source.parent / loc for loc in sorted(locations))
 
 
 def _onnx_tensors(graph) -> Iterator[Any]:
@@ -174,10 +196,10 @@ class TargetConfig:
     board: Board
     tvm: dict[str, Any] = read_by("build", "codegen")  # extra TVM target attributes, e.g. {"mfloat-abi": "hard"}
     models: tuple[str, ...] = read_by()  # which pairs exist, not how one is built
-    timeout: float = read_by("execute", "bench")  # seconds one run of the test program may take
+    timeout: float = read_by("run", "bench")  # seconds one run of the test program may take
     # external codegens (tasks/compile/offload.py) the build partitions for
-    offload: tuple[str, ...] = field(default=(), metadata={"stages": ("build", "codegen", "link")})
-    profile: str = field(default="release", metadata={"stages": ("build", "link", "bench")})
+    offload: tuple[str, ...] = read_by("build", "codegen", "link", default=())
+    profile: str = read_by("build", "link", "bench", default="release")
 
     @property
     def runner(self) -> str:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tasks.config import ModelConfig, TargetConfig
+from tasks.config import STAGES, ModelConfig, TargetConfig
 from tasks.layout import ModelFiles, PairFiles, PipelineFiles
 from tasks.naming import ModelSymbols
 
@@ -23,6 +23,11 @@ class Stage:
     name: str  # as the conformance report and doit's task basenames use it
     module: str  # the stage module, e.g. tasks.compile.relax_build
     function: str  # its entry point: f(pair) for pair stages, f(model, model_files) for model stages
+
+    def __post_init__(self) -> None:
+        # The name selects the settings the stage's tasks check (config.read_by): it must be one config knows.
+        if self.name not in STAGES:
+            raise ValueError(f"stage '{self.name}' is not in config.STAGES {STAGES}")
 
     def __call__(self, *args: Any) -> Any:
         return getattr(importlib.import_module(self.module), self.function)(*args)

@@ -13,6 +13,7 @@ import fcntl
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator, TextIO
 
@@ -32,14 +33,24 @@ CRT_FILES = sorted(str(p) for p in (PROJECT_ROOT / "crt").rglob("*") if p.suffix
 READ_ONLY_COMMANDS = frozenset({"list", "help", "info", "dumpdb", "tabcompletion"})
 
 
+# Set by the SIGINT handler. The handler also raises SystemExit, but code between Python frames may swallow it:
+# TVM's FoldConstant evaluates constants through Python and skips folding when that raises, so an interrupted
+# build would carry on and record an unfolded kernel as done. Every action checks the flag before it returns.
+INTERRUPTED = threading.Event()
+
+
 def _action(func: Callable[..., Any], *args: Any) -> tuple[Callable[[], Any], tuple, dict]:
-    """A doit python-action that turns a stage's error into a TaskFailed with its message (no traceback)."""
+    """A doit python-action that turns a stage's error into a TaskFailed with its message (no traceback), and
+    never reports success for a stage that Ctrl-C reached."""
 
     def run() -> Any:
         try:
             func(*args)
         except CrtforgeError as e:
             return TaskFailed(str(e))
+        finally:
+            if INTERRUPTED.is_set():
+                raise SystemExit(130)
         return None
 
     run.__name__ = getattr(func, "function", getattr(func, "__name__", "stage"))
@@ -113,6 +124,7 @@ def exit_on_interrupt() -> None:
     main = os.getpid()
 
     def interrupted(signum: int, frame: Any) -> None:
+        INTERRUPTED.set()
         if os.getpid() == main:
             print("\ncrtforge: interrupted", file=sys.stderr, flush=True)
         raise SystemExit(130)
@@ -148,7 +160,7 @@ def import_tasks(pipeline: Pipeline) -> Iterator[dict[str, Any]]:
         yield {"name": model.name, "doc": "import the model (ONNX/TFLite) into Relax; record its signature",
                "actions": [_action(IMPORT, model, files)],
                "file_dep": _paths(*model.import_files()) + list(deps.code_files(IMPORT.module)),
-               "targets": _paths(files.import_json), "uptodate": _uptodate("import", model), "clean": True}
+               "targets": _paths(files.import_json), "uptodate": _uptodate(IMPORT.name, model), "clean": True}
 
 
 def reference_tasks(pipeline: Pipeline) -> Iterator[dict[str, Any]]:
@@ -159,7 +171,7 @@ def reference_tasks(pipeline: Pipeline) -> Iterator[dict[str, Any]]:
                "doc": "inputs and reference outputs of a model (expected, onnxruntime, TFLM or TVM's VM)",
                "actions": [_action(REFERENCE, model, files)],
                "file_dep": _paths(*model.files(), files.import_json) + list(deps.code_files(REFERENCE.module)),
-               "targets": _paths(*files.reference_files), "uptodate": _uptodate("reference", model),
+               "targets": _paths(*files.reference_files), "uptodate": _uptodate(REFERENCE.name, model),
                "clean": True}
 
 

@@ -265,5 +265,5 @@ def test_settings_reach_only_the_stages_that_read_them(write_pipeline):
     assert "rtol" in settings(model, "compare") and "rtol" not in settings(model, "build")
     assert "toolchain" in settings(target, "link") and "toolchain" not in settings(target, "build")
     assert settings(target, "link")["toolchain"]["cflags"] == list(target.toolchain.cflags)
-    assert "run" in settings(target, "execute")["board"] and "run" not in settings(target, "build")["board"]
+    assert "run" in settings(target, "run")["board"] and "run" not in settings(target, "build")["board"]
     assert settings(target, "build")["backend"] == "c" and settings(model, "import")["source"] == str(SINE)

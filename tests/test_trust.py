@@ -225,14 +225,27 @@ def test_pipeline_argument_that_is_a_folder_or_not_utf8(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_ctrl_c_says_interrupted_and_exits_130(tmp_path):
+@pytest.fixture(scope="module")
+def clean_sine(tmp_path_factory):
+    """A clean build of sine on the host, to compare interrupted-then-finished builds with (read only)."""
+    root = tmp_path_factory.mktemp("clean")
+    (root / "pipeline.toml").write_text(SINE_MODEL + target())
+    assert passed(run_doit(root / "pipeline.toml", "test"))
+    return root / "out" / "t" / "m"
+
+
+# Ctrl-C at several points after the import: the reference, the Relax build (inside TVM's FoldConstant, whose
+# Python callbacks swallowed the interrupt and let the build record an unfolded kernel), codegen or link.
+@pytest.mark.parametrize("delay", [0.0, 0.05, 0.1])
+def test_ctrl_c_says_interrupted_and_exits_130(tmp_path, clean_sine, delay):
     pipeline = tmp_path / "pipeline.toml"
     pipeline.write_text(SINE_MODEL + target())
     proc = subprocess.Popen(doit_argv(pipeline, "test"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     deadline = time.monotonic() + 60
     while not (tmp_path / "out" / "_models" / "m" / "import.json").exists() and time.monotonic() < deadline:
-        time.sleep(0.01)
+        time.sleep(0.005)
+    time.sleep(delay)
     os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: doit and whatever it runs
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
@@ -240,6 +253,8 @@ def test_ctrl_c_says_interrupted_and_exits_130(tmp_path):
     assert not [p for p in tmp_path.rglob("*") if ".tmp" in p.name]
     finished = run_doit(pipeline, "test")
     assert passed(finished), finished.stdout[-2000:] + finished.stderr
+    for name in ("kernels.c", "executor.c", "program.elf"):  # nothing the interrupt touched was kept
+        assert (tmp_path / "out" / "t" / "m" / name).read_bytes() == (clean_sine / name).read_bytes(), name
 
 
 def test_doit_list_does_not_wait_for_a_build(tmp_path):
@@ -303,6 +318,8 @@ def test_editing_code_or_a_toolchain_reruns_exactly_its_readers(project_copy):
     text = (root / "toolchains" / "host-gcc.toml").read_text()
     (root / "toolchains" / "host-gcc.toml").write_text(text.replace("cflags = [", 'cflags = ["-DCRTFORGE_EDITED", ', 1))
     assert "link:t/m" in rerun() <= {"link:t/m", "execute:t/m", "compare:t/m"}
+    pipeline.write_text(pipeline.read_text().replace('board = "host"\n', 'board = "host"\ntimeout = 30\n'))
+    assert rerun() == {"execute:t/m"}  # a setting only the run stage reads
     _append(root / "tasks" / "config.py", "\n# edited\n")  # every stage reads its settings through config.py
     assert rerun() == {"import:m", "reference:m", "relax:t/m", "classify:t/m", "codegen:t/m", "link:t/m",
                        "execute:t/m", "compare:t/m"}
