@@ -87,6 +87,8 @@ class Toolchain:
     libs: tuple[str, ...]
     debian_package: str
     profile_cflags: dict[str, tuple[str, ...]]  # "release"/"debug" → optimisation flags
+    # release only: flags after the profile's for crt/'s kernels (int8.c, dense.c), e.g. -O2 where the rest is -Os
+    kernel_cflags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -210,9 +212,11 @@ class TargetConfig:
         board's triple and CPU, then the target's own `tvm` options."""
         return tvm_target(self.backend, self.board, self.tvm)
 
-    def cflags(self) -> list[str]:
-        """Compile flags: the toolchain's, its flags for the profile, then the board's CPU and ABI flags."""
-        flags = (*self.toolchain.cflags, *self.toolchain.profile_cflags[self.profile], *self.board.cflags)
+    def cflags(self, kernel: bool = False) -> list[str]:
+        """Compile flags: the toolchain's, its flags for the profile (and, for crt's kernels in release, its
+        kernel_cflags), then the board's CPU and ABI flags."""
+        extra = self.toolchain.kernel_cflags if kernel and self.profile == "release" else ()
+        flags = (*self.toolchain.cflags, *self.toolchain.profile_cflags[self.profile], *extra, *self.board.cflags)
         return [f.replace("{triple}", self.board.triple) for f in flags]
 
     def ldflags(self) -> list[str]:
@@ -323,13 +327,15 @@ def load_toolchain(name: str, toolchain_dir: Path | tuple[Path, ...] = TOOLCHAIN
     path = _file_in(toolchain_dir, name)
     data = _read_toml(path, "", "toolchain file")
     _check_keys(path, "", data, {"description": str, "cc": str, "ar": str, "cflags": list, "ldflags": list,
-                                  "libs": list, "debian_package": str, "release_cflags": list, "debug_cflags": list},
+                                  "libs": list, "debian_package": str, "release_cflags": list, "debug_cflags": list,
+                                  "kernel_cflags": list},
                 required=("cc", "ar", "debian_package"))
-    _check_string_lists(path, data, ("cflags", "ldflags", "libs", "release_cflags", "debug_cflags"))
+    _check_string_lists(path, data, ("cflags", "ldflags", "libs", "release_cflags", "debug_cflags", "kernel_cflags"))
     return Toolchain(name=name, file=path, description=data.get("description", ""), cc=data["cc"], ar=data["ar"],
                      cflags=tuple(data.get("cflags", [])), ldflags=tuple(data.get("ldflags", [])),
                      libs=tuple(data.get("libs", [])), debian_package=data["debian_package"],
-                     profile_cflags={p: tuple(data.get(f"{p}_cflags", [])) for p in PROFILES})
+                     profile_cflags={p: tuple(data.get(f"{p}_cflags", [])) for p in PROFILES},
+                     kernel_cflags=tuple(data.get("kernel_cflags", [])))
 
 
 def _dirs(directory: Path | tuple[Path, ...]) -> tuple[Path, ...]:

@@ -67,5 +67,10 @@ class ModelSymbols:
         """A kernel's global symbol: prefixed, so two models' kernels never collide in one program."""
         return f"{self.prefix}_{tvm_name}"
 
+    def int8_op(self, pattern: str, index: int) -> str:
+        """The C function of the model's index-th int8 op (tasks/compile/int8.py), e.g. mlp_int8_0_fully_connected;
+        its constants take this name plus a suffix."""
+        return f"{self.prefix}_int8_{index}_{pattern}"
+
     def weight(self, constant: str) -> str:
         return f"{self.prefix}_{constant}"

@@ -190,8 +190,7 @@ def relax_tasks(pipeline: Pipeline) -> Iterator[dict[str, Any]]:
         yield _pair_task(pipeline, BUILD, model, target,
                          "TVM build: lower with the Relax pipeline, compile the kernels, extract the plan",
                          [*model.import_files(), p.model_files.import_json],
-                         [f.kernels, f.plan_json, f.params_npz, f.modules_json,
-                          *([f.external_c] if target.offload else [])])
+                         [f.kernels, f.plan_json, f.params_npz, f.modules_json, f.external_c])
 
 
 def classify_tasks(pipeline: Pipeline) -> Iterator[dict[str, Any]]:
@@ -218,12 +217,11 @@ def link_tasks(pipeline: Pipeline) -> Iterator[dict[str, Any]]:
     for model, target in pipeline.pairs():
         p = _pair(pipeline, model, target)
         f = p.files
-        offload = bool(target.offload)
         yield _pair_task(pipeline, LINK, model, target,
                          "compile & link lib<model>.a and the test program with the target's toolchain",
-                         [*link_inputs(f, offload), f.header, p.model_files.import_json, f.plan_json,
+                         [*link_inputs(f), f.header, p.model_files.import_json, f.plan_json,
                           f.classification_json, p.model_files.inputs_npz, model.source],
-                         link_targets(f, target.board, offload), CRT_FILES)
+                         link_targets(f, target.board), CRT_FILES)
 
 
 def run_tasks(pipeline: Pipeline) -> Iterator[dict[str, Any]]:

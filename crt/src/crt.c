@@ -86,3 +86,12 @@ int TVMBackendFreeWorkspace(int device_type, int device_id, void* ptr) {
  * static link resolves them to the functions above; C kernels call the functions directly. */
 void* (*__TVMBackendAllocWorkspace)(int, int, uint64_t, int, int) = TVMBackendAllocWorkspace;
 int (*__TVMBackendFreeWorkspace)(int, int, void*) = TVMBackendFreeWorkspace;
+
+/* An FFI tensor object holds its DLTensor after a 24-byte object header (as TVM's own kernels assume). */
+#define CRTFORGE_FFI_TENSOR_DLTENSOR_OFFSET 24
+
+DLTensor* crtforge_arg_tensor(const TVMFFIAny* arg) {
+  if (arg->type_index == kTVMFFIDLTensorPtr) return (DLTensor*)arg->v_ptr;
+  if (arg->type_index == kTVMFFITensor) return (DLTensor*)((char*)arg->v_ptr + CRTFORGE_FFI_TENSOR_DLTENSOR_OFFSET);
+  return NULL;
+}

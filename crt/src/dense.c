@@ -5,15 +5,6 @@
 
 #include <stddef.h>
 
-/* An FFI tensor object holds its DLTensor after a 24-byte object header (as TVM's own kernels assume). */
-#define CRTFORGE_FFI_TENSOR_DLTENSOR_OFFSET 24
-
-DLTensor* crtforge_arg_tensor(const TVMFFIAny* arg) {
-  if (arg->type_index == kTVMFFIDLTensorPtr) return (DLTensor*)arg->v_ptr;
-  if (arg->type_index == kTVMFFITensor) return (DLTensor*)((char*)arg->v_ptr + CRTFORGE_FFI_TENSOR_DLTENSOR_OFFSET);
-  return NULL;
-}
-
 void crtforge_dense_f32(const float* x, const float* w, const float* bias, float* y, int32_t m, int32_t k,
                         int32_t n) {
   int32_t i, j, p;

@@ -50,7 +50,7 @@ static inline int32_t srdhm(int32_t a, int32_t b) {
 }
 
 static inline int32_t rounding_divide_by_pot(int32_t x, int32_t exponent) {
-  const int32_t mask = (int32_t)(((int64_t)1 << exponent) - 1);
+  const int32_t mask = (int32_t)((1u << exponent) - 1u); /* exponent <= 31: no 64-bit shift needed */
   const int32_t remainder = x & mask;
   const int32_t threshold = (mask >> 1) + (x < 0 ? 1 : 0);
   return (x >> exponent) + (remainder > threshold ? 1 : 0);
@@ -58,10 +58,12 @@ static inline int32_t rounding_divide_by_pot(int32_t x, int32_t exponent) {
 
 /* MultiplyByQuantizedMultiplier for multipliers in [0, 2^31 - 1], the kernels' contract. */
 static inline int32_t requantize(int32_t x, int32_t multiplier, int32_t shift) {
-  const int32_t left = shift > 0 ? shift : 0;
-  const int32_t right = shift > 0 ? 0 : -shift;
-  /* Shift as unsigned so an overflow wraps (as TFLite's int32 product does in practice) instead of UB. */
-  return rounding_divide_by_pot(srdhm_unsaturated((int32_t)((uint32_t)x << left), multiplier), right);
+  /* A left shift is rare (a real multiplier above one): branch on it rather than compute both products. */
+  if (shift > 0) {
+    /* Shift as unsigned so an overflow wraps (as TFLite's int32 product does in practice) instead of UB. */
+    return srdhm_unsaturated((int32_t)((uint32_t)x << shift), multiplier);
+  }
+  return rounding_divide_by_pot(srdhm_unsaturated(x, multiplier), -shift);
 }
 
 int32_t crtforge_int8_srdhm(int32_t a, int32_t b) { return srdhm(a, b); }
@@ -285,6 +287,45 @@ int32_t crtforge_int8_conv2d(const crtforge_int8_conv_shape* s, const crtforge_i
   return 0;
 }
 
+/* The taps [lo, hi) of one window axis that fall inside the image: output position o, input size n. */
+static void window(int32_t o, int32_t stride, int32_t pad, int32_t dilation, int32_t taps, int32_t n, int32_t* lo,
+                   int32_t* hi) {
+  const int32_t start = o * stride - pad;
+  int32_t a = 0, b = taps;
+  while (a < b && start + a * dilation < 0) ++a;
+  while (b > a && start + (b - 1) * dilation >= n) --b;
+  *lo = a;
+  *hi = b;
+}
+
+#if CRTFORGE_INT8_DSP
+/* Four channels of one tap: a word of inputs and a word of weights, widened by SXTB16 into (c0, c2) and (c1, c3)
+ * halves with the input offset added lane-wise, then one 16x16 multiply-accumulate per channel. */
+#define DW_TAP4(x, w, off, a0, a1, a2, a3)                                                                       \
+  do {                                                                                                         \
+    uint32_t xw_, ww_;                                                                                         \
+    memcpy(&xw_, (x), 4);                                                                                      \
+    memcpy(&ww_, (w), 4);                                                                                      \
+    const int32_t xe_ = __sadd16(__sxtb16((int32_t)xw_), (int32_t)(off));                                      \
+    const int32_t xo_ = __sadd16(sxtb16_odd(xw_), (int32_t)(off));                                             \
+    const int32_t we_ = __sxtb16((int32_t)ww_), wo_ = sxtb16_odd(ww_);                                         \
+    a0 = __smlabb(xe_, we_, a0);                                                                               \
+    a1 = __smlabb(xo_, wo_, a1);                                                                               \
+    a2 = __smlatt(xe_, we_, a2);                                                                               \
+    a3 = __smlatt(xo_, wo_, a3);                                                                               \
+  } while (0)
+#else
+#define DW_TAP4(x, w, off, a0, a1, a2, a3)                                                                       \
+  do {                                                                                                         \
+    const int8_t* x_ = (x);                                                                                    \
+    const int8_t* w_ = (w);                                                                                    \
+    a0 += ((int32_t)x_[0] + (off)) * w_[0];                                                                    \
+    a1 += ((int32_t)x_[1] + (off)) * w_[1];                                                                    \
+    a2 += ((int32_t)x_[2] + (off)) * w_[2];                                                                    \
+    a3 += ((int32_t)x_[3] + (off)) * w_[3];                                                                    \
+  } while (0)
+#endif
+
 int32_t crtforge_int8_depthwise_conv2d(const crtforge_int8_conv_shape* s, const crtforge_int8_channel_quant* q,
                                        const int8_t* input, const int8_t* filter, const int32_t* bias,
                                        int8_t* out_output) {
@@ -293,23 +334,49 @@ int32_t crtforge_int8_depthwise_conv2d(const crtforge_int8_conv_shape* s, const 
       s->out_c != s->in_c * s->depth_multiplier)
     return -1;
   const requant_t rq = requant_of(q, bias);
+  const int32_t mult = s->depth_multiplier, in_c = s->in_c, out_c = s->out_c, offset = q->input_offset;
+  /* With one filter per channel, input and output channels line up: four at a time (see dw_tap4). */
+  const int32_t blocked = mult == 1 ? in_c & ~3 : 0;
+  const int32_t x_step = s->dilation_w * in_c;
+#if CRTFORGE_INT8_DSP
+  const uint32_t off = ((uint32_t)(uint16_t)offset << 16) | (uint16_t)offset;
+#else
+  const int32_t off = offset;
+#endif
   for (b = 0; b < s->batches; ++b) {
-    const int8_t* image = input + b * s->in_h * s->in_w * s->in_c;
+    const int8_t* image = input + b * s->in_h * s->in_w * in_c;
     for (oy = 0; oy < s->out_h; ++oy) {
+      int32_t fy0, fy1;
+      window(oy, s->stride_h, s->pad_top, s->dilation_h, s->kernel_h, s->in_h, &fy0, &fy1);
+      const int32_t iy0 = oy * s->stride_h - s->pad_top;
       for (ox = 0; ox < s->out_w; ++ox) {
-        int8_t* out = out_output + ((b * s->out_h + oy) * s->out_w + ox) * s->out_c;
-        for (c = 0; c < s->in_c; ++c) {
-          for (m = 0; m < s->depth_multiplier; ++m) {
-            const int32_t oc = c * s->depth_multiplier + m;
+        int32_t fx0, fx1;
+        window(ox, s->stride_w, s->pad_left, s->dilation_w, s->kernel_w, s->in_w, &fx0, &fx1);
+        const int32_t ix0 = ox * s->stride_w - s->pad_left;
+        int8_t* out = out_output + ((b * s->out_h + oy) * s->out_w + ox) * out_c;
+        for (c = 0; c < blocked; c += 4) {
+          /* Accumulators in registers: the macro, not a function taking an array, keeps them there. */
+          int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+          for (fy = fy0; fy < fy1; ++fy) {
+            const int8_t* x = image + ((iy0 + fy * s->dilation_h) * s->in_w + ix0 + fx0 * s->dilation_w) * in_c + c;
+            const int8_t* w = filter + (fy * s->kernel_w + fx0) * out_c + c;
+            for (fx = fx0; fx < fx1; ++fx, x += x_step, w += out_c) DW_TAP4(x, w, off, a0, a1, a2, a3);
+          }
+          out[c] = finish(a0, &rq, c);
+          out[c + 1] = finish(a1, &rq, c + 1);
+          out[c + 2] = finish(a2, &rq, c + 2);
+          out[c + 3] = finish(a3, &rq, c + 3);
+        }
+        for (c = blocked / mult; c < in_c; ++c) {
+          for (m = 0; m < mult; ++m) {
+            const int32_t oc = c * mult + m;
             int32_t acc = 0;
-            for (fy = 0; fy < s->kernel_h; ++fy) {
-              const int32_t iy = oy * s->stride_h - s->pad_top + fy * s->dilation_h;
-              if (iy < 0 || iy >= s->in_h) continue;
-              for (fx = 0; fx < s->kernel_w; ++fx) {
-                const int32_t ix = ox * s->stride_w - s->pad_left + fx * s->dilation_w;
-                if (ix < 0 || ix >= s->in_w) continue;
-                acc += (int32_t)filter[(fy * s->kernel_w + fx) * s->out_c + oc] *
-                       ((int32_t)image[(iy * s->in_w + ix) * s->in_c + c] + q->input_offset);
+            for (fy = fy0; fy < fy1; ++fy) {
+              const int32_t iy = iy0 + fy * s->dilation_h;
+              for (fx = fx0; fx < fx1; ++fx) {
+                const int32_t ix = ix0 + fx * s->dilation_w;
+                acc += (int32_t)filter[(fy * s->kernel_w + fx) * out_c + oc] *
+                       ((int32_t)image[(iy * s->in_w + ix) * in_c + c] + offset);
               }
             }
             out[oc] = finish(acc, &rq, oc);

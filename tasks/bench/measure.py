@@ -57,7 +57,8 @@ def size_split(elf: Path, prefix: str, external_constants: set[str], program_siz
                memory: Memory | None = None) -> dict[str, Any]:
     """Flash split into kernels, weights, executor and runtime, the test harness, and libc with the rest;
     RAM into the arena and the rest of data and bss. From the linked program's symbol table."""
-    weights = re.compile(rf"^{re.escape(prefix)}_c\d+$")
+    # TVM's constants (<prefix>_c<N>), and the int8 ops' constants in external.c (tasks/compile/int8.py)
+    weights = re.compile(rf"^{re.escape(prefix)}_(c\d+|int8_\d+_\w+_(weights|bias|multiplier|shift))$")
     flash = dict.fromkeys(("kernels", "weights", "executor_runtime", "harness"), 0)
     arena = 0
     for name, size, where in _symbols(elf, memory):
@@ -167,6 +168,28 @@ interpreter.invoke()
 """
 
 
+# TFLM's RecordingMicroAllocator prints from C++ to file descriptor 2, which Python cannot redirect in-process:
+# run it in a child interpreter and read its stderr.
+_ARENA_SCRIPT = (
+    "import sys\n"
+    "from tflite_micro.python.tflite_micro import runtime\n"
+    "runtime.Interpreter.from_file(sys.argv[1]).print_allocations()\n"
+)
+_ARENA_LINE = re.compile(r"Arena allocation total (\d+) bytes")
+
+
+def tflm_arena_bytes(path: Path, timeout: float = 120.0) -> int:
+    """Bytes of tensor arena TFLM's interpreter allocates for the model (RecordingMicroAllocator's total)."""
+    proc = subprocess.run([sys.executable, "-c", _ARENA_SCRIPT, str(Path(path))], capture_output=True,
+                          text=True, timeout=timeout, check=False)
+    match = _ARENA_LINE.search(proc.stderr) or _ARENA_LINE.search(proc.stdout)
+    if proc.returncode != 0 or match is None:
+        tail = (proc.stderr or proc.stdout).strip()[-2000:]
+        raise BenchError(f"TFLM printed no 'Arena allocation total' line for {path} "
+                         f"(exit code {proc.returncode}): {tail or '<no output>'}")
+    return int(match.group(1))
+
+
 def tflm_instructions(model: Path, inputs_npz: Path, names: list[str], scratch: Path) -> int:
     """Instructions of one invoke of TFLM's interpreter (the tflite-micro package), counted by callgrind."""
     script = scratch / "tflm_invoke.py"
@@ -208,7 +231,8 @@ def peer_onnxruntime(source: Path, files: ModelFiles) -> dict[str, Any]:
 
 def peer_tflm(source: Path, files: ModelFiles, scratch: Path) -> dict[str, Any]:
     names = [t["c_name"] for t in fsutil.read_json(files.reference_json)["signature"]["inputs"]]
-    return {"peer": "tflm", "instructions": tflm_instructions(source, files.inputs_npz, names, scratch)}
+    return {"peer": "tflm", "instructions": tflm_instructions(source, files.inputs_npz, names, scratch),
+            "arena_bytes": tflm_arena_bytes(source)}
 
 
 def _fmt(x: float | int | None, spec: str = ",") -> str:
@@ -232,6 +256,9 @@ def report(results: list[dict[str, Any]], peers: dict[str, dict[str, Any]], host
             comparisons.append({"model": model, "peer": "tflm", "measure": "instructions per inference, host",
                                 "ours": ours["instructions"], "theirs": peer["instructions"],
                                 "ratio": round(ours["instructions"] / peer["instructions"], 4)})
+            comparisons.append({"model": model, "peer": "tflm", "measure": "arena bytes",
+                                "ours": ours["arena"], "theirs": peer["arena_bytes"],
+                                "ratio": round(ours["arena"] / peer["arena_bytes"], 4)})
     profiles = []
     for r in results:
         debug = by_pair.get((f"{r['target']}-debug", r["model"]))
@@ -243,6 +270,23 @@ def report(results: list[dict[str, Any]], peers: dict[str, dict[str, Any]], host
     fsutil.write_text(out_md, _markdown(results, comparisons, profiles))
     return [_plot(target, [r for r in results if r["target"] == target], plot_dir)
             for target in dict.fromkeys(r["target"] for r in results)]
+
+
+# TFLM with CMSIS-NN on mps2-an386, counted by the same method (../shared/README.md): the int8 MLP 256-512-512-10,
+# and a DS-CNN keyword-spotting net of the same shape as dscnn-int8 (2.90 instructions per MAC).
+CMSIS_NN_CORTEX_M4 = {"mlp-int8": 807_727, "dscnn-int8": 7_700_000}
+
+
+def _cmsis_nn_rows(results: list[dict[str, Any]]) -> list[str]:
+    rows = []
+    for r in results:
+        theirs = CMSIS_NN_CORTEX_M4.get(r["model"])
+        if theirs is None or r["board"] != "mps2-an386" or not r["macs"] or r["profile"] != "release":
+            continue
+        rows.append(f"| {r['target']} | {r['model']} | {_fmt(r['macs'])} | {_fmt(r['instructions'])} | "
+                    f"{r['instructions'] / r['macs']:.2f} | {_fmt(theirs)} | {theirs / r['macs']:.2f} | "
+                    f"{r['instructions'] / theirs:.3f} |")
+    return rows
 
 
 def _markdown(results, comparisons, profiles) -> str:
@@ -271,7 +315,12 @@ def _markdown(results, comparisons, profiles) -> str:
         lines.append(f"| {c['model']} | {c['peer']} | {c['measure']} | {_fmt(round(c['ours']))} | "
                      f"{_fmt(round(c['theirs']))} | {c['ratio']:.3f} |")
     lines += ["", "onnxruntime runs single-threaded from Python (its per-call overhead included); TFLM is the "
-              "`tflite-micro` package's interpreter, counted over one `tflite::micro::MicroInterpreter::Invoke()`.", "",
+              "`tflite-micro` package's interpreter, counted over one `tflite::micro::MicroInterpreter::Invoke()`; "
+              "its arena is what its RecordingMicroAllocator reports for the same file.", "",
+              "## int8 on Cortex-M4 against TFLM with CMSIS-NN (figures from ../shared, not measured in this run)", "",
+              "| target | model | MACs | crtforge instructions | per MAC | TFLM+CMSIS-NN | per MAC | crtforge / CMSIS-NN |",
+              "|---|---|---:|---:|---:|---:|---:|---:|",
+              *_cmsis_nn_rows(results), "",
               "## Release and debug profiles (flash bytes)", "",
               "| target | model | release program | debug program | release model | debug model |",
               "|---|---|---:|---:|---:|---:|"]

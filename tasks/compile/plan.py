@@ -79,6 +79,7 @@ class Plan:
     arena_bytes: int = 0
     kernels: list[str] = field(default_factory=list)  # every kernel symbol, sorted
     arena_lower_bound: int = 0  # the most bytes of arena buffers alive at one step: no plan can do better
+    ops: "OpCounts | None" = None  # how the calls compute: integer kernels, TVM's float or integer kernels
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -91,7 +92,16 @@ class Plan:
             storages=[Storage(**s) for s in d["storages"]],
             constants=[Constant(**{**c, "shape": tuple(c["shape"])}) for c in d["constants"]],
             calls=[Call(**c) for c in d["calls"]], arena_bytes=d["arena_bytes"], kernels=list(d["kernels"]),
-            arena_lower_bound=d["arena_lower_bound"])
+            arena_lower_bound=d["arena_lower_bound"], ops=OpCounts(**d["ops"]) if d.get("ops") else None)
+
+
+@dataclass
+class OpCounts:
+    """What each call computes with, for the report: an int8 model should have no `tvm_float` entry."""
+    integer: dict[str, int] = field(default_factory=dict)    # the model's op (e.g. CONV_2D) → calls to crtforge_int8
+    tvm_float: list[str] = field(default_factory=list)       # TVM kernels reading or writing float tensors
+    tvm_integer: list[str] = field(default_factory=list)     # TVM kernels on integer tensors only
+    other: list[str] = field(default_factory=list)           # other external functions (offload)
 
 
 def _align(n: int) -> int:

@@ -304,25 +304,50 @@ def add_workspaces(plan: Plan, workspace: dict[str, int]) -> None:
 
 def build(source: Path, prefix: str, target_json: dict[str, Any], where: str = "target",
           offload: tuple[str, ...] = (), profile: str = "release") -> BuildResult:
+    from tasks.compile import int8
     from tasks.compile.offload import OffloadError, external_modules, partition
 
     target = make_target(target_json, where)
     try:
-        mod = partition(load_relax(source), prefix, offload)
+        # int8 first: every later pass (the offload's FoldConstant, lowering) would dequantize the weights.
+        integer = int8.partition(load_relax(source), prefix)
+    except int8.Int8Error as e:
+        raise BuildError(f"{source}: int8: {e}") from None
+    int8_modules, _ = external_modules(integer.mod)
+    try:
+        mod = partition(integer.mod, prefix, offload)
     except OffloadError as e:
         raise BuildError(f"{source}: offload: {e}") from None
     ext_modules, ext_constants = external_modules(mod)
-    external = frozenset(f for m in ext_modules for f in m.get_function("get_func_names")())
+    ext_modules = _distinct([*int8_modules, *ext_modules])
+    external = frozenset(f for m in ext_modules for f in _functions(m))
     lowered = lower(mod, target, profile)
     plan, params, kernels = extract_plan(lowered, prefix, source, external)
+    plan.ops = int8.op_summary(integer.kernels, plan, external)
     runtime_module, workspace = compile_kernels(kernels, lowered.attrs, target, profile)
     for ext in ext_modules:
         runtime_module.import_module(ext)
-    add_workspaces(plan, workspace)
+    add_workspaces(plan, {**workspace, **integer.workspace})
     plan.arena_bytes = plan_arena(plan.storages)
     plan.arena_lower_bound = lower_bound(plan.storages)
     return BuildResult(plan=plan, params={**params, **ext_constants}, runtime_module=runtime_module,
                        external_modules=tuple(ext_modules))
+
+
+def _functions(module) -> list[str]:
+    return [str(f) for f in module.get_function("get_func_names")()]
+
+
+def _distinct(modules: list) -> list:
+    """Each external module once: a later RunCodegen may list the earlier one's modules again."""
+    seen: set[tuple[str, ...]] = set()
+    out = []
+    for m in modules:
+        key = tuple(_functions(m))
+        if key not in seen:
+            seen.add(key)
+            out.append(m)
+    return out
 
 
 def external_c(result: BuildResult, model_name: str, source: Path, target_name: str) -> str:
@@ -356,7 +381,7 @@ def write_kernels(result: BuildResult, path: Path, model_name: str, source: Path
 
 
 def build_pair(p: Pair) -> BuildResult:
-    """Stage 2: the pair's kernels, plan.json, params.npz and modules.json (and external.c when it offloads)."""
+    """Stage 2: the pair's kernels, plan.json, params.npz, modules.json and external.c."""
     return run_build(p.model.source, p.model.name, p.model.prefix, p.target.name, p.target.tvm_target(),
                      read_signature(p.model_files.import_json), p.files,
                      where=f"{p.pipeline_file.name}: targets.{p.target.name}.tvm", offload=p.target.offload,
@@ -366,8 +391,8 @@ def build_pair(p: Pair) -> BuildResult:
 def run_build(source: Path, model_name: str, prefix: str, target_name: str, target_json: dict[str, Any],
               signature: ModelSignature, files: PairFiles, where: str = "target",
               offload: tuple[str, ...] = (), profile: str = "release") -> BuildResult:
-    """Write the kernels (kernels.c or kernels.o), plan.json, params.npz and modules.json, and external.c
-    when the target offloads."""
+    """Write the kernels (kernels.c or kernels.o), plan.json, params.npz, modules.json, and external.c (the C of
+    the int8 and offloaded ops; a comment alone when there are none)."""
     from tasks.compile.classify import inventory
 
     result = build(source, prefix, target_json, where, offload, profile)
@@ -376,8 +401,7 @@ def run_build(source: Path, model_name: str, prefix: str, target_name: str, targ
                          f"{len(result.plan.outputs)} outputs; the model declares {len(signature.inputs)} "
                          f"and {len(signature.outputs)}.")
     write_kernels(result, files.kernels, model_name, source, target_name)
-    if offload:
-        fsutil.write_text(files.external_c, external_c(result, model_name, source, target_name))
+    fsutil.write_text(files.external_c, external_c(result, model_name, source, target_name))
     fsutil.save_npz(files.params_npz, result.params)
     fsutil.write_json(files.modules_json, [m.to_dict() for m in inventory(result.runtime_module)])
     fsutil.write_json(files.plan_json, result.plan.to_dict())

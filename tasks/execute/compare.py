@@ -15,10 +15,15 @@ WORST_SHOWN = 5
 
 
 def compare_one(actual: np.ndarray, expected: np.ndarray, rtol: float, atol: float) -> dict[str, Any]:
-    """Errors of one output; `passed` as numpy.isclose decides it, element by element."""
+    """Errors of one output; `passed` as numpy.isclose decides it, element by element. Integer outputs (an int8
+    model's) are compared exactly: rtol 0 and atol rounded down to an integer, so the default atol means equal,
+    and a pipeline that accepts a float fallback's rounding says `atol = 1`."""
     if actual.shape != expected.shape:
         return {"passed": False, "problem": f"shape {actual.shape} != reference {expected.shape}",
                 "max_abs_error": None, "max_rel_error": None}
+    exact = np.issubdtype(actual.dtype, np.integer) and np.issubdtype(expected.dtype, np.integer)
+    if exact:
+        rtol, atol = 0.0, float(np.floor(atol))
     a = actual.astype(np.float64)
     e = expected.astype(np.float64)
     abs_err = np.abs(a - e)
@@ -29,7 +34,8 @@ def compare_one(actual: np.ndarray, expected: np.ndarray, rtol: float, atol: flo
         "passed": bool(close.all()),
         "max_abs_error": float(abs_err.max()) if abs_err.size else 0.0,
         "max_rel_error": float(rel_err.max()) if rel_err.size else 0.0,
-        "mismatched": int((~close).sum()), "elements": int(close.size),
+        "mismatched": int((~close).sum()), "elements": int(close.size), "exact": bool(exact),
+        "atol": atol, "rtol": rtol,
     }
     if not result["passed"]:
         flat = np.argsort(-abs_err.reshape(-1))[:WORST_SHOWN]

@@ -11,11 +11,21 @@ from tasks.layout import PairFiles
 # Sizes in bytes from the linked program's ELF (flash = text + rodata + data, RAM = data + bss; the arena is
 # part of bss, the stack is reserved apart on bare-metal boards) and, for the model alone, from its library.
 COLUMNS = ("target", "model", "passed", "max abs error", "max rel error", "reference", "flash B", "RAM B",
-           "arena B", "stack B", "model flash B", "registry")
+           "arena B", "stack B", "model flash B", "registry", "ops")
+
+
+def ops_cell(ops: dict[str, Any] | None) -> str:
+    """How the calls compute: 'int8:7' (crtforge's integer kernels), 'float:2' (TVM kernels on float tensors),
+    'int:1' (TVM kernels on integer tensors), 'ext:1' (other external functions)."""
+    if not ops:
+        return ""
+    parts = [("int8", sum(ops["integer"].values())), ("float", len(ops["tvm_float"])),
+             ("int", len(ops["tvm_integer"])), ("ext", len(ops["other"]))]
+    return " ".join(f"{k}:{n}" for k, n in parts if n)
 
 
 def row(target: str, model: str, test: dict[str, Any] | None, sizes: dict[str, Any] | None,
-        classification: dict[str, Any] | None) -> list[str]:
+        classification: dict[str, Any] | None, plan: dict[str, Any] | None = None) -> list[str]:
     if test is None or sizes is None:
         return [target, model, "not run"] + [""] * (len(COLUMNS) - 3)
     fmt = lambda x: "n/a" if x is None else f"{x:.2e}"  # noqa: E731
@@ -24,7 +34,7 @@ def row(target: str, model: str, test: dict[str, Any] | None, sizes: dict[str, A
             fmt(test["max_rel_error"]), test["reference"], str(sizes["program"]["flash"]),
             str(sizes["program"]["ram"]), str(sizes["arena_bytes"]),
             "n/a" if sizes["stack_bytes"] is None else str(sizes["stack_bytes"]), str(sizes["library"]["flash"]),
-            " ".join(f"{k}:{v}" for k, v in counts.items())]
+            " ".join(f"{k}:{v}" for k, v in counts.items()), ops_cell(plan.get("ops") if plan else None)]
 
 
 def table(rows: list[list[str]]) -> str:
@@ -46,8 +56,10 @@ def mismatch_lines(target: str, model: str, test: dict[str, Any]) -> list[str]:
             continue
         worst = ", ".join(f"[{', '.join(map(str, w['index']))}] {w['actual']:.6g} (expected {w['expected']:.6g})"
                           for w in out["worst"])
+        tolerance = (f"atol {out['atol']:g} (integer output: compared exactly)" if out.get("exact")
+                     else f"rtol {test['rtol']:g}, atol {test['atol']:g}")
         lines.append(f"{target}/{model}: output '{name}': {out['mismatched']} of {out['elements']} elements outside "
-                     f"rtol {test['rtol']:g}, atol {test['atol']:g}; worst: {worst}")
+                     f"{tolerance}; worst: {worst}")
     return lines
 
 
@@ -58,7 +70,8 @@ def write_report(pairs: list[PairFiles], names: list[tuple[str, str]], out_md: P
     rows, failures = [], []
     for files, (target, model) in zip(pairs, names):
         test = read(files.test_json)
-        rows.append(row(target, model, test, read(files.sizes_json), read(files.classification_json)))
+        rows.append(row(target, model, test, read(files.sizes_json), read(files.classification_json),
+                        read(files.plan_json)))
         if test is None:
             failures.append(f"{target}/{model}: not run")
         elif not test["passed"]:

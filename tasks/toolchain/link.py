@@ -30,7 +30,10 @@ CRT_DIR = PROJECT_ROOT / "crt"
 CRT_INCLUDE = CRT_DIR / "include"
 CRT_LIBRARY_SOURCES = (CRT_DIR / "src" / "crt.c", CRT_DIR / "src" / "registry.c")
 CRT_HARNESS_SOURCES = (CRT_DIR / "src" / "harness.c",)
-CRT_OFFLOAD_SOURCES = (CRT_DIR / "src" / "dense.c",)  # the kernels of tasks/offload.py
+# The kernels external modules call: compiled for every pair, archived only into the libraries that call them.
+CRT_INT8_SOURCE = CRT_DIR / "src" / "int8.c"  # tasks/compile/int8.py
+CRT_DENSE_SOURCE = CRT_DIR / "src" / "dense.c"  # tasks/compile/offload.py
+CRT_KERNEL_SOURCES = (CRT_DENSE_SOURCE, CRT_INT8_SOURCE)
 CORTEX_M_DIR = CRT_DIR / "boards" / "cortex-m"
 BARE_METAL_SOURCES = (CORTEX_M_DIR / "startup.c",)
 LINKER_SCRIPT_TEMPLATE = CORTEX_M_DIR / "link.ld.j2"
@@ -86,7 +89,7 @@ def compile_c(target: TargetConfig, source: Path, obj: Path, include_dirs: list[
     # Paths in debug info and __FILE__ relative to the model folder and the project: the same object from any
     # checkout.
     maps = [f"-ffile-prefix-map={include_dirs[0]}=.", f"-ffile-prefix-map={PROJECT_ROOT}=crtforge"]
-    argv = [cc, *target.cflags(), *warnings, *maps, *[f"-I{d}" for d in include_dirs], "-c", str(source), "-o",
+    argv = [cc, *target.cflags(kernel=source in CRT_KERNEL_SOURCES), *warnings, *maps, *[f"-I{d}" for d in include_dirs], "-c", str(source), "-o",
             str(tmp)]
     try:
         _run(argv, f"compiling {source.name}")
@@ -248,20 +251,15 @@ def check_duplicate_symbols(objects: list[Path]) -> None:
             owner[name] = obj
 
 
-def library_sources(files: PairFiles, offload: bool) -> list[tuple[Path, tuple[str, ...] | None]]:
-    """(file, warnings) for the library: C to compile with those warnings, or an object (None) to take as is.
-    A target that offloads adds the external modules' C and the kernels they call."""
+def library_sources(files: PairFiles) -> list[tuple[Path, tuple[str, ...] | None]]:
+    """(file, warnings) for the library: C to compile with those warnings, or an object (None) to take as is."""
     generated: list[tuple[Path, tuple[str, ...] | None]]
     if files.backend == "llvm":
         generated = [(files.kernels, None), (files.metadata_object, None)]
     else:
         generated = [(files.kernels, KERNEL_WARNINGS), (files.metadata_c, OWN_WARNINGS)]
-    generated.append((files.executor_c, OWN_WARNINGS))
-    crt = list(CRT_LIBRARY_SOURCES)
-    if offload:
-        generated.append((files.external_c, OWN_WARNINGS))
-        crt += CRT_OFFLOAD_SOURCES
-    return generated + [(s, OWN_WARNINGS) for s in crt]
+    generated += [(files.executor_c, OWN_WARNINGS), (files.external_c, OWN_WARNINGS)]
+    return generated + [(s, OWN_WARNINGS) for s in (*CRT_LIBRARY_SOURCES, *CRT_KERNEL_SOURCES)]
 
 
 def harness_sources(files: PairFiles, board: Board) -> list[Path]:
@@ -274,20 +272,23 @@ def link_pair(p: Pair) -> LinkOutputs:
     f, target = p.files, p.target
     sig = read_signature(p.model_files.import_json)
     registry_count = len(read_classification(f.classification_json).registry_functions)
-    arena_bytes = fsutil.read_json(f.plan_json)["arena_bytes"]
+    plan = fsutil.read_json(f.plan_json)
+    arena_bytes = plan["arena_bytes"]
     gen = GeneratedFrom.of(p)
     includes = [f.dir, CRT_INCLUDE]
     fsutil.write_text(f.harness_c, emit_harness(sig, fsutil.load_npz(p.model_files.inputs_npz), p.model.prefix,
                                                 registry_count, gen))
 
     library_objects = []
-    for src, warnings in library_sources(f, bool(target.offload)):
+    unused = unused_kernels(plan, bool(target.offload))
+    for src, warnings in library_sources(f):
         if warnings is None:
             library_objects.append(src)
             continue
         obj = f.object_for(src, CRT_DIR)
         compile_c(target, src, obj, includes, warnings)
-        library_objects.append(obj)
+        if src not in unused:
+            library_objects.append(obj)
     check_duplicate_symbols(library_objects)
     archive(target.toolchain, library_objects, f.library)
 
@@ -321,14 +322,26 @@ def link_pair(p: Pair) -> LinkOutputs:
     return LinkOutputs(library=f.library, program=f.program)
 
 
-def link_inputs(files: PairFiles, offload: bool) -> list[Path]:
+def unused_kernels(plan: dict[str, Any], offload: bool) -> set[Path]:
+    """crt kernel sources that nothing in the pair calls: left out of the library, so that its size (the model
+    flash of the report) counts only what the model needs."""
+    ops = plan.get("ops") or {}
+    unused = set()
+    if not ops.get("integer"):
+        unused.add(CRT_INT8_SOURCE)
+    if not offload:
+        unused.add(CRT_DENSE_SOURCE)
+    return unused
+
+
+def link_inputs(files: PairFiles) -> list[Path]:
     """Every generated file of the pair that link_pair compiles or takes as is, for doit's `file_dep`."""
-    return [src for src, _ in library_sources(files, offload) if CRT_DIR not in src.parents]
+    return [src for src, _ in library_sources(files) if CRT_DIR not in src.parents]
 
 
-def link_targets(files: PairFiles, board: Board, offload: bool) -> list[Path]:
+def link_targets(files: PairFiles, board: Board) -> list[Path]:
     """Every file link_pair writes, for doit's `targets`."""
-    compiled = [src for src, warnings in library_sources(files, offload) if warnings is not None]
+    compiled = [src for src, warnings in library_sources(files) if warnings is not None]
     compiled += harness_sources(files, board)
     script = [files.linker_script] if board.kind == "bare-metal" else []
     return [files.harness_c, *[files.object_for(s, CRT_DIR) for s in compiled], *script, files.library,

@@ -34,6 +34,10 @@ void crtforge_set_error(const char* kind, const char* message);
 /* Hands the kernels' workspace pool (TVMBackendAllocWorkspace, LIFO) its memory. */
 void crtforge_workspace_init(void* base, size_t size);
 
+/* The DLTensor behind a packed-call argument (a DLTensor pointer, or a TVM FFI tensor object), or NULL: how the
+ * external codegens' functions (external.c) read their arguments. */
+DLTensor* crtforge_arg_tensor(const TVMFFIAny* arg);
+
 #ifdef __cplusplus
 }
 #endif

@@ -24,9 +24,6 @@ extern "C" {
 void crtforge_dense_f32(const float* x, const float* w, const float* bias, float* y, int32_t m, int32_t k,
                         int32_t n);
 
-/* The DLTensor behind a packed-call argument (a DLTensor pointer, or a TVM FFI tensor object), or NULL. */
-DLTensor* crtforge_arg_tensor(const TVMFFIAny* arg);
-
 #ifdef __cplusplus
 }
 #endif

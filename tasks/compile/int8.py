@@ -1,0 +1,534 @@
+"""crtforge's integer path for TFLite's full-integer int8 models: the external codegen 'crtforge_int8'.
+
+TVM 0.27's TFLite frontend has no quantized dialect: each int8 op arrives as dequantize -> float op -> quantize
+(-> clip for a fused activation), and FoldConstant would turn every dequantize(W) into float32 weights. So this
+runs first, on the imported module: FuseOpsByPattern groups each such cluster into a function, RunCodegen hands
+them to `relax.ext.crtforge_int8`, which emits one C function per op calling crt/src/int8.c with its constants
+(packed int8 weights, int32 bias, multipliers and shifts computed as TFLite does, tasks/compile/quantize.py)
+inlined as const arrays. Between two such calls the activations stay int8, so the arena holds int8 tensors.
+
+A cluster whose quantisation the kernels do not implement (per-tensor activations int8, symmetric int8 weights)
+does not match, and runs through TVM's float path instead; `summary` counts both, so the report says so.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from tasks.compile import quantize as qz
+from tasks.compile.quantize import Activation
+from tasks.errors import CrtforgeError
+from tasks.naming import ModelSymbols
+
+CODEGEN = "crtforge_int8"
+_ALIGN = 4  # packed weights are read as words
+
+
+class Int8Error(CrtforgeError):
+    """A matched int8 op the kernels cannot express after all: names the op and why."""
+
+
+# --- patterns ------------------------------------------------------------------------------------------------
+
+def _dequantize(x):
+    from tvm.relax.dpl import is_const, is_op
+    return is_op("relax.dequantize")(x, is_const(), is_const())
+
+
+def _requantize(body, clip: bool):
+    """quantize(body) and, for a fused activation, the clip TVM adds in the int8 domain."""
+    from tvm.relax.dpl import is_const, is_op, wildcard
+    out = is_op("relax.quantize")(body, is_const(), is_const())
+    return is_op("relax.clip")(out, wildcard(), wildcard()) if clip else out
+
+
+def _patterns() -> list[tuple[str, Any]]:
+    """(name, pattern), longest first: FuseOpsByPattern tries them in order at every node."""
+    from tvm.relax.dpl import is_const, is_op, wildcard
+
+    out = []
+    for clip in (True, False):
+        weight = _dequantize(is_op("relax.permute_dims")(is_const()) | is_const())
+        matmul = is_op("relax.matmul")(_dequantize(wildcard()), weight)
+        for bias in (True, False):
+            body = is_op("relax.add")(matmul, _dequantize(is_const())) if bias else matmul
+            out.append(("fully_connected", _requantize(body, clip)))
+        conv_weight = _dequantize(is_const())
+        conv_weight = is_op("relax.reshape")(conv_weight, wildcard()) | conv_weight
+        conv = is_op("relax.nn.conv2d")(_dequantize(wildcard()), conv_weight)
+        for bias in (True, False):
+            body = is_op("relax.add")(conv, _dequantize(is_const())) if bias else conv
+            out.append(("conv2d", _requantize(body, clip)))
+        for op, name in (("relax.add", "add"), ("relax.multiply", "mul")):
+            out.append((name, _requantize(is_op(op)(_dequantize(wildcard()), _dequantize(wildcard())), clip)))
+        avg = is_op("relax.astype")(is_op("relax.nn.avg_pool2d")(is_op("relax.astype")(wildcard())))
+        mx = is_op("relax.nn.max_pool2d")(wildcard())
+        for name, pool in (("avg_pool2d", avg), ("max_pool2d", mx)):
+            out.append((name, is_op("relax.clip")(pool, wildcard(), wildcard()) if clip else pool))
+    return out
+
+
+# --- reading a matched function ------------------------------------------------------------------------------
+
+def _shape(expr) -> tuple[int, ...]:
+    return tuple(int(v) for v in expr.ty.shape.values)
+
+
+def _dtype(expr) -> str:
+    return str(expr.ty.dtype)
+
+
+class _Reader:
+    """A matched cluster: its result and, for every Var in it, what the Var is bound to. The cluster's inputs are
+    the Vars (or function parameters) that nothing in it binds."""
+
+    def __init__(self, result, bound: dict[Any, Any]):
+        self.bound = bound
+        self.result = self.value(result)
+
+    @classmethod
+    def of_function(cls, func) -> "_Reader":
+        bound = {b.var: b.value for block in func.body.blocks for b in block.bindings}
+        return cls(func.body.body, bound)
+
+    def value(self, expr):
+        while expr in self.bound:
+            expr = self.bound[expr]
+        return expr
+
+    def op(self, expr) -> str | None:
+        from tvm import ir, relax
+        expr = self.value(expr)
+        if isinstance(expr, relax.Call) and isinstance(expr.op, ir.Op):
+            return expr.op.name
+        return None
+
+    def arg(self, call, i: int):
+        return self.value(call.args[i])
+
+
+def _const(expr) -> np.ndarray:
+    from tvm import ir
+    if not isinstance(expr, ir.GenericConst):
+        raise Int8Error(f"expected a constant, found {type(expr).__name__}")
+    return expr.value.numpy()
+
+
+def _scalar(expr) -> float | int:
+    a = _const(expr)
+    if a.size != 1:
+        raise Int8Error(f"expected one value, found shape {a.shape}")
+    return a.reshape(-1)[0].item()
+
+
+def _prim(expr) -> float:
+    """A PrimValue's number (clip bounds)."""
+    v = expr.value
+    return float(getattr(v, "value", v))
+
+
+@dataclass(frozen=True)
+class Quant:
+    scale: float
+    zero_point: int
+
+
+def _dequant_params(r: _Reader, call) -> Quant:
+    return Quant(float(np.float32(_scalar(r.arg(call, 1)))), int(_scalar(r.arg(call, 2))))
+
+
+def _activation(lo: float, hi: float, out: Quant) -> Activation:
+    """The fused activation behind TVM's clip bounds (Python's round of x / scale, ties to even), so that the
+    limits can be recomputed as TFLite does (float32 division, ties away from zero)."""
+    def tvm_q(x: float) -> float:
+        return float(round(x / out.scale) + out.zero_point)
+
+    candidates = {
+        Activation.RELU: (max(-128.0, tvm_q(0.0)), 127.0),
+        Activation.RELU6: (max(-128.0, tvm_q(0.0)), min(127.0, tvm_q(6.0))),
+        Activation.RELU_N1_TO_1: (max(-128.0, tvm_q(-1.0)), min(127.0, tvm_q(1.0))),
+    }
+    for act, bounds in candidates.items():
+        if bounds == (lo, hi):
+            return act
+    if (lo, hi) == (-128.0, 127.0):
+        return Activation.NONE
+    raise Int8Error(f"clip({lo:g}, {hi:g}) is not a TFLite fused activation of scale {out.scale:g}, zero point "
+                    f"{out.zero_point}")
+
+
+# --- the ops ---------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CArray:
+    name: str
+    ctype: str
+    values: np.ndarray
+
+
+@dataclass(frozen=True)
+class Int8Kernel:
+    """One matched op as the C that implements it: constants, the kernel call, and what it needs."""
+    symbol: str
+    op: str                   # the TFLite op it came from, e.g. FULLY_CONNECTED
+    summary: str              # shapes and quantisation, for the comment above the function
+    inputs: int               # tensor arguments before the output
+    arrays: tuple[CArray, ...]
+    statics: tuple[str, ...]  # C definitions of the parameter structs
+    call: str                 # the kernel call; x0.., y and scratch are in scope
+    workspace_bytes: int = 0
+    kernel: str = ""          # the crt function called
+
+
+def _requant_tail(r: _Reader) -> tuple[Any, Quant, float, float]:
+    """The quantize call, the output's quantisation and the clip bounds (int8's range when no clip)."""
+    res = r.result
+    lo, hi = -128.0, 127.0
+    if r.op(res) == "relax.clip":
+        lo, hi = _prim(res.args[1]), _prim(res.args[2])
+        res = r.arg(res, 0)
+    if r.op(res) != "relax.quantize":
+        raise Int8Error("expected quantize at the end")
+    return res, _dequant_params(r, res), lo, hi
+
+
+def _check_int8(exprs: dict[str, Any]) -> None:
+    for what, e in exprs.items():
+        if _dtype(e) != "int8":
+            raise Int8Error(f"{what} is {_dtype(e)}; the integer kernels take int8")
+
+
+def _weighted_tail(r: _Reader, quant_call) -> tuple[Any, np.ndarray | None]:
+    """The float op under quantize, and the int32 bias added to it (None when there is none)."""
+    body = r.arg(quant_call, 0)
+    if r.op(body) == "relax.add":
+        bias_deq = r.arg(body, 1)
+        bias = _const(r.arg(bias_deq, 0))
+        if bias.dtype != np.int32:
+            raise Int8Error(f"bias is {bias.dtype}; the integer kernels take int32")
+        return r.arg(body, 0), bias.reshape(-1).astype(np.int32)
+    return body, None
+
+
+def _weights(r: _Reader, deq) -> tuple[np.ndarray, np.ndarray]:
+    """The int8 weight constant under a dequantize, and its scales; weights must be symmetric."""
+    w = _const(r.arg(deq, 0)) if r.op(r.arg(deq, 0)) is None else None
+    zp = _const(r.arg(deq, 2))
+    if np.any(zp != 0):
+        raise Int8Error("weights have a nonzero zero point; the integer kernels take symmetric weights")
+    scales = _const(r.arg(deq, 1)).astype(np.float32).reshape(-1)
+    return w, scales
+
+
+def _fully_connected(symbol: str, r: _Reader) -> Int8Kernel:
+    quant_call, out_q, lo, hi = _requant_tail(r)
+    matmul, bias = _weighted_tail(r, quant_call)
+    x_deq, w_deq = r.arg(matmul, 0), r.arg(matmul, 1)
+    x_q = _dequant_params(r, x_deq)
+    src = r.arg(w_deq, 0)
+    if r.op(src) == "relax.permute_dims":
+        matrix = _const(r.arg(src, 0))  # TFLite's [out][in], transposed by the frontend
+        axes = [int(a) for a in src.attrs.axes]
+        if axes != [1, 0]:
+            raise Int8Error(f"weight permutation {axes} is not a transpose")
+    else:
+        matrix = _const(src).T
+    zp_w = _const(r.arg(w_deq, 2))
+    if np.any(zp_w != 0):
+        raise Int8Error("weights have a nonzero zero point; the integer kernels take symmetric weights")
+    s_w = _const(r.arg(w_deq, 1)).astype(np.float32).reshape(-1)
+    x = x_deq.args[0]
+    _check_int8({"input": x, "weights": src, "output": r.result})
+    n, k = matrix.shape
+    xs = _shape(x)
+    batches = int(np.prod(xs)) // k
+    act = _activation(lo, hi, out_q)
+    q = qz.channel_quant(x_q.scale, x_q.zero_point, s_w, out_q.scale, out_q.zero_point, act,
+                         per_tensor_fc=len(s_w) == 1)
+    arrays = [CArray(f"{symbol}_weights", "int8_t", qz.pack_weights(matrix)),
+              *_quant_arrays(symbol, q)]
+    if bias is not None:
+        arrays.append(CArray(f"{symbol}_bias", "int32_t", bias))
+    call = (f"crtforge_int8_fully_connected(&{symbol}_q, (const int8_t*)x0->data, {batches}, {k}, "
+            f"{symbol}_weights, {f'{symbol}_bias' if bias is not None else 'NULL'}, {n}, scratch, "
+            f"(int8_t*)y->data)")
+    per = "per-channel" if len(s_w) > 1 else "per-tensor"
+    return Int8Kernel(symbol, "FULLY_CONNECTED", f"{batches}x{k} by {n}x{k} int8 weights ({per}), "
+                      f"{act.name}", 1, tuple(arrays), (_quant_struct(symbol, q),), call,
+                      _scratch(k), "crtforge_int8_fully_connected")
+
+
+def _quant_arrays(symbol: str, q: qz.ChannelQuant) -> list[CArray]:
+    return [CArray(f"{symbol}_multiplier", "int32_t", q.multipliers),
+            CArray(f"{symbol}_shift", "int32_t", q.shifts)]
+
+
+def _quant_struct(symbol: str, q: qz.ChannelQuant) -> str:
+    return (f"static const crtforge_int8_channel_quant {symbol}_q = {{\n"
+            f"    .input_offset = {q.input_offset}, .output_offset = {q.output_offset},\n"
+            f"    .act_min = {q.act_min}, .act_max = {q.act_max},\n"
+            f"    .multiplier = {symbol}_multiplier, .shift = {symbol}_shift, .per_channel = {int(q.per_channel)}}};")
+
+
+def _scratch(k: int) -> int:
+    return (2 * k + 15) // 16 * 16
+
+
+def _shape_struct(symbol: str, s: dict[str, int]) -> str:
+    fields = ", ".join(f".{k} = {v}" for k, v in s.items())
+    return f"static const crtforge_int8_conv_shape {symbol}_shape = {{{fields}}};"
+
+
+def _geometry(x_shape, y_shape, kernel_hw, strides, dilation, padding) -> dict[str, int]:
+    n, h, w, c = x_shape
+    _, oh, ow, oc = y_shape
+    return {"batches": n, "in_h": h, "in_w": w, "in_c": c, "out_h": oh, "out_w": ow, "out_c": oc,
+            "kernel_h": kernel_hw[0], "kernel_w": kernel_hw[1], "stride_h": strides[0], "stride_w": strides[1],
+            "dilation_h": dilation[0], "dilation_w": dilation[1], "pad_top": padding[0], "pad_left": padding[1]}
+
+
+def _conv2d(symbol: str, r: _Reader) -> Int8Kernel:
+    quant_call, out_q, lo, hi = _requant_tail(r)
+    conv, bias = _weighted_tail(r, quant_call)
+    a = conv.attrs
+    if str(a.data_layout) != "NHWC" or str(a.out_layout) != "NHWC":
+        raise Int8Error(f"conv2d layout {a.data_layout}/{a.out_layout}; the kernels take NHWC")
+    x_deq, w_expr = r.arg(conv, 0), r.arg(conv, 1)
+    x_q = _dequant_params(r, x_deq)
+    depthwise = r.op(w_expr) == "relax.reshape"
+    w_deq = r.arg(w_expr, 0) if depthwise else w_expr
+    w = _const(r.arg(w_deq, 0))
+    zp_w = _const(r.arg(w_deq, 2))
+    if np.any(zp_w != 0):
+        raise Int8Error("weights have a nonzero zero point; the integer kernels take symmetric weights")
+    s_w = _const(r.arg(w_deq, 1)).astype(np.float32).reshape(-1)
+    x, y = x_deq.args[0], r.result
+    _check_int8({"input": x, "weights": r.arg(w_deq, 0), "output": y})
+    xs, ys = _shape(x), _shape(y)
+    geo = _geometry(xs, ys, (0, 0), [int(v) for v in a.strides], [int(v) for v in a.dilation],
+                    [int(v) for v in a.padding])
+    groups, in_c, out_c = int(a.groups), xs[3], ys[3]
+    act = _activation(lo, hi, out_q)
+    channels = out_c
+    if depthwise:
+        if str(a.kernel_layout) != "HWOI" or groups != in_c or w.shape[-1] != out_c:
+            raise Int8Error(f"depthwise conv2d with groups {groups}, kernel layout {a.kernel_layout}")
+        filt = w.reshape(w.shape[-3], w.shape[-2], out_c)  # TFLite's [1][KH][KW][C*M]
+        geo["kernel_h"], geo["kernel_w"] = filt.shape[0], filt.shape[1]
+        geo["depth_multiplier"] = out_c // in_c
+        weights, kernel, scratch = filt, "crtforge_int8_depthwise_conv2d", 0
+        op = "DEPTHWISE_CONV_2D"
+    else:
+        if str(a.kernel_layout) != "HWIO" or groups != 1:
+            raise Int8Error(f"conv2d with groups {groups}, kernel layout {a.kernel_layout}")
+        ohwi = np.transpose(w, (3, 0, 1, 2))  # the frontend's HWIO back to TFLite's OHWI
+        geo["kernel_h"], geo["kernel_w"] = ohwi.shape[1], ohwi.shape[2]
+        geo["depth_multiplier"] = 1
+        weights = qz.pack_weights(ohwi.reshape(out_c, -1))
+        kernel, scratch, op = "crtforge_int8_conv2d", _scratch(ohwi[0].size), "CONV_2D"
+    if len(s_w) not in (1, channels):
+        raise Int8Error(f"{len(s_w)} weight scales for {channels} output channels")
+    s_w = np.resize(s_w, channels)
+    q = qz.channel_quant(x_q.scale, x_q.zero_point, s_w, out_q.scale, out_q.zero_point, act)
+    arrays = [CArray(f"{symbol}_weights", "int8_t", weights.reshape(-1)), *_quant_arrays(symbol, q)]
+    if bias is not None:
+        arrays.append(CArray(f"{symbol}_bias", "int32_t", bias))
+    b = f"{symbol}_bias" if bias is not None else "NULL"
+    scratch_arg = "scratch, " if scratch else ""
+    call = (f"{kernel}(&{symbol}_shape, &{symbol}_q, (const int8_t*)x0->data, {symbol}_weights, {b}, "
+            f"{scratch_arg}(int8_t*)y->data)")
+    summary = (f"{'x'.join(map(str, xs))} -> {'x'.join(map(str, ys))}, kernel {geo['kernel_h']}x{geo['kernel_w']}, "
+               f"stride {geo['stride_h']}x{geo['stride_w']}, {act.name}")
+    return Int8Kernel(symbol, op, summary, 1, tuple(arrays), (_quant_struct(symbol, q), _shape_struct(symbol, geo)),
+                      call, scratch, kernel)
+
+
+def _binary(symbol: str, r: _Reader, name: str) -> Int8Kernel:
+    quant_call, out_q, lo, hi = _requant_tail(r)
+    body = r.arg(quant_call, 0)
+    a_q, b_q = _dequant_params(r, r.arg(body, 0)), _dequant_params(r, r.arg(body, 1))
+    x0, x1, y = r.arg(body, 0).args[0], r.arg(body, 1).args[0], r.result
+    _check_int8({"first input": x0, "second input": x1, "output": y})
+    if _shape(x0) != _shape(x1) or _shape(x0) != _shape(y):
+        raise Int8Error(f"{name} of shapes {_shape(x0)} and {_shape(x1)}: the kernels do not broadcast")
+    act = _activation(lo, hi, out_q)
+    size = int(np.prod(_shape(y)))
+    if name == "add":
+        p = qz.add_params(a_q.scale, a_q.zero_point, b_q.scale, b_q.zero_point, out_q.scale, out_q.zero_point, act)
+        struct_type, op = "crtforge_int8_add_params", "ADD"
+    else:
+        p = qz.mul_params(a_q.scale, a_q.zero_point, b_q.scale, b_q.zero_point, out_q.scale, out_q.zero_point, act)
+        struct_type, op = "crtforge_int8_mul_params", "MUL"
+    fields = ", ".join(f".{k} = {v}" for k, v in vars(p).items())
+    static = f"static const {struct_type} {symbol}_p = {{{fields}}};"
+    call = (f"crtforge_int8_{name}(&{symbol}_p, (const int8_t*)x0->data, (const int8_t*)x1->data, {size}, "
+            f"(int8_t*)y->data)")
+    return Int8Kernel(symbol, op, f"{size} elements, {act.name}", 2, (), (static,), call, 0, f"crtforge_int8_{name}")
+
+
+def _pool(symbol: str, r: _Reader, name: str) -> Int8Kernel:
+    res = r.result
+    lo, hi = -128, 127
+    if r.op(res) == "relax.clip":
+        lo, hi = int(_prim(res.args[1])), int(_prim(res.args[2]))
+        res = r.arg(res, 0)
+    pool = r.arg(res, 0) if name == "avg_pool2d" else res
+    a = pool.attrs
+    x = r.arg(pool, 0).args[0] if name == "avg_pool2d" else pool.args[0]
+    y = r.result
+    _check_int8({"input": x, "output": y})
+    if str(a.layout) != "NHWC" or bool(a.ceil_mode) or (name == "avg_pool2d" and bool(a.count_include_pad)):
+        raise Int8Error(f"{name} with layout {a.layout}, ceil_mode {a.ceil_mode}")
+    geo = _geometry(_shape(x), _shape(y), [int(v) for v in a.pool_size], [int(v) for v in a.strides],
+                    [int(v) for v in a.dilation], [int(v) for v in a.padding])
+    if geo["dilation_h"] != 1 or geo["dilation_w"] != 1:
+        raise Int8Error(f"{name} with dilation: TFLite's pools have none")
+    geo["depth_multiplier"] = 1
+    call = f"crtforge_int8_{name}(&{symbol}_shape, {lo}, {hi}, (const int8_t*)x0->data, (int8_t*)y->data)"
+    op = "AVERAGE_POOL_2D" if name == "avg_pool2d" else "MAX_POOL_2D"
+    summary = (f"{'x'.join(map(str, _shape(x)))} -> {'x'.join(map(str, _shape(y)))}, window "
+               f"{geo['kernel_h']}x{geo['kernel_w']}, stride {geo['stride_h']}x{geo['stride_w']}")
+    return Int8Kernel(symbol, op, summary, 1, (), (_shape_struct(symbol, geo),), call, 0, f"crtforge_int8_{name}")
+
+
+def _composite(func) -> tuple[str, Any]:
+    """The pattern name and the inner composite function of an outer function RunCodegen receives."""
+    from tvm import relax
+
+    found = []
+
+    def visit(e):
+        if isinstance(e, relax.Function) and e.attrs is not None and "Composite" in e.attrs:
+            found.append(e)
+
+    relax.analysis.post_order_visit(func.body, visit)
+    inner = found[0] if found else func
+    name = str(inner.attrs["Composite"]) if inner.attrs is not None and "Composite" in inner.attrs else ""
+    return name.split(".", 1)[-1], inner
+
+
+def describe(func, symbol: str) -> Int8Kernel:
+    """The C of one matched function (outer, as RunCodegen passes it, or the composite itself)."""
+    name, inner = _composite(func)
+    return _describe(name, _Reader.of_function(inner), symbol)
+
+
+def _describe(name: str, r: _Reader, symbol: str) -> Int8Kernel:
+    try:
+        if name == "fully_connected":
+            return _fully_connected(symbol, r)
+        if name == "conv2d":
+            return _conv2d(symbol, r)
+        if name in ("add", "mul"):
+            return _binary(symbol, r, name)
+        if name in ("avg_pool2d", "max_pool2d"):
+            return _pool(symbol, r, name)
+    except Int8Error as e:
+        raise Int8Error(f"{symbol} ({name}): {e}") from None
+    raise Int8Error(f"{symbol}: unknown pattern '{name}'")
+
+
+def _supported(name: str, context) -> bool:
+    """Match only what the kernels compute exactly (describing the cluster succeeds); anything else, such as
+    int16 activations or asymmetric weights, stays on TVM's float path and is reported as float."""
+    r = _Reader(context.matched_expr, dict(context.matched_bindings.items()))
+    try:
+        _describe(name, r, "check")
+    except Int8Error:
+        return False
+    return True
+
+
+# --- the codegen ---------------------------------------------------------------------------------------------
+
+def emit_c(k: Int8Kernel) -> str:
+    from tasks.emit.codegen import _env
+
+    return _env().get_template("int8_op.c.j2").render(k=k, lines=_lines)
+
+
+def _lines(values: np.ndarray) -> list[str]:
+    from tasks.emit.codegen import weight_lines
+    return weight_lines(np.asarray(values).reshape(-1)) or ["0,"]
+
+
+def _codegen(funcs, options, constant_names) -> list:
+    import tvm
+
+    create = tvm.get_global_func("runtime.CSourceModuleCreate")
+    out = []
+    for f in funcs:
+        symbol = str(f.attrs["global_symbol"])
+        out.append(create(emit_c(describe(f, symbol)), "c", [symbol], []))
+    return out
+
+
+def op_summary(kernels: list[Int8Kernel], plan, external: frozenset[str]) -> "OpCounts":
+    """How the plan's calls compute: the int8 ops by TFLite name, other external functions, and TVM's kernels
+    by whether they touch float tensors."""
+    from tasks.compile.plan import OpCounts
+
+    by_symbol = {k.symbol: k.op for k in kernels}
+    counts = OpCounts()
+    for call in plan.calls:
+        if call.kernel in by_symbol:
+            op = by_symbol[call.kernel]
+            counts.integer[op] = counts.integer.get(op, 0) + 1
+        elif call.kernel in external:
+            counts.other.append(call.kernel)
+        elif any(plan.tensors[t].dtype.startswith("float") for t in call.args):
+            counts.tvm_float.append(call.kernel)
+        else:
+            counts.tvm_integer.append(call.kernel)
+    return counts
+
+
+def _called(main) -> list[Any]:
+    """The GlobalVars `main` calls, in order."""
+    from tvm import ir, relax
+
+    out = []
+
+    def visit(e):
+        if isinstance(e, relax.Call) and isinstance(e.op, ir.GlobalVar):
+            out.append(e.op)
+
+    relax.analysis.post_order_visit(main.body, visit)
+    return out
+
+
+@dataclass
+class Partitioned:
+    mod: Any
+    kernels: list[Int8Kernel] = field(default_factory=list)
+
+    @property
+    def workspace(self) -> dict[str, int]:
+        return {k.symbol: k.workspace_bytes for k in self.kernels if k.workspace_bytes}
+
+
+def partition(mod, prefix: str) -> Partitioned:
+    """Offload every int8 op cluster the kernels implement; the rest of `mod` is left as it was."""
+    import tvm_ffi
+    from tvm import relax
+
+    tvm_ffi.register_global_func(f"relax.ext.{CODEGEN}", _codegen, override=True)
+    patterns = [(f"{CODEGEN}.{name}", pat, {}, functools.partial(_supported, name)) for name, pat in _patterns()]
+    mod = relax.transform.FuseOpsByPattern(patterns, bind_constants=True, annotate_codegen=True)(mod)
+    kernels = []
+    matched = [(gv, f) for gv, f in mod.functions.items() if f.attrs is not None and f.attrs.get("Codegen") == CODEGEN]
+    # In the order main calls them, so that the C functions are numbered as the model's ops run.
+    order = {gv.name_hint: i for i, gv in enumerate(_called(mod["main"]))}
+    matched.sort(key=lambda item: order.get(item[0].name_hint, len(order)))
+    for index, (gv, func) in enumerate(matched):
+        symbol = ModelSymbols(prefix).int8_op(_composite(func)[0], index)
+        mod[gv] = func.with_attr("global_symbol", symbol)
+        kernels.append(describe(func, symbol))
+    if not kernels:
+        return Partitioned(mod)
+    return Partitioned(relax.transform.RunCodegen()(mod), kernels)
+
