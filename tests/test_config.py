@@ -132,6 +132,20 @@ def test_toolchain_file_is_validated(tmp_path):
     assert info.value.key == "cflags" and "expected a list" in str(info.value)
 
 
+def test_kernel_cflags_apply_to_crt_kernels_in_release_only(tmp_path, write_pipeline):
+    (tmp_path / "bad.toml").write_text('cc = "gcc"\nar = "ar"\ndebian_package = "gcc"\nkernel_cflags = "-O2"\n')
+    with pytest.raises(ConfigError) as info:
+        load_toolchain("bad", tmp_path)
+    assert info.value.key == "kernel_cflags" and "expected a list" in str(info.value)
+    p = load_pipeline(write_pipeline(GOOD_MODEL + cross_target("m4", "llvm", "arm-none-eabi-gcc", "mps2-an386")
+                                     + cross_target("m4d", "llvm", "arm-none-eabi-gcc", "mps2-an386",
+                                                    'profile = "debug"')))
+    release, debug = p.targets["m4"], p.targets["m4d"]
+    assert "-O2" not in release.cflags()
+    assert release.cflags(kernel=True).index("-O2") > release.cflags().index("-Os")  # the last -O wins
+    assert debug.cflags(kernel=True) == debug.cflags()
+
+
 def test_shipped_host_toolchain():
     tc = load_toolchain("host-gcc")
     assert tc.cc == "gcc" and tc.debian_package == "gcc" and "-lm" in tc.libs

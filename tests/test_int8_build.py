@@ -6,6 +6,8 @@ C), Cortex-M4 (the DSP path, under qemu) and Cortex-M3 (portable, no DSP), built
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
 from conftest import ROOT, run_doit, target
@@ -27,7 +29,8 @@ CASES = {
     "dw-blocked": m.random_conv2d(15, (1, 7, 6, 12), 0, (3, 3), (1, 1), (1, 1), True, A.RELU, True, 1).tflite,
     "dw-mult2": m.random_conv2d(16, (1, 6, 5, 3), 0, (3, 3), (2, 2), (1, 1), True, A.NONE, True, 2).tflite,
     "add": m.random_binary(17, "ADD", (1, 4, 4, 3), A.RELU).tflite,
-    "mul": m.random_binary(18, "MUL", (1, 5, 6), A.NONE).tflite,
+    "mul": m.random_binary(18, "MUL", (1, 5, 6), A.RELU6).tflite,
+    "add-n1to1": m.random_binary(23, "ADD", (1, 9), A.RELU_N1_TO_1).tflite,
     "avg": m.random_pool(19, "AVERAGE_POOL_2D", (1, 7, 7, 3), (3, 3), (2, 2), True, A.NONE).tflite,
     "max": m.random_pool(20, "MAX_POOL_2D", (1, 6, 6, 2), (2, 2), (2, 2), False, A.RELU).tflite,
 }
@@ -63,6 +66,8 @@ def test_outputs_equal_tflm_exactly(built, target_name, model):
     assert test["passed"] and test["reference"] == "tflm"
     [out] = test["outputs"].values()
     assert out["exact"] and out["atol"] == 0.0 and out["max_abs_error"] == 0.0 and out["mismatched"] == 0
+    ops = fsutil.read_json(_files(root, target_name, model).plan_json)["ops"]
+    assert sum(ops["integer"].values()) == 1 and ops["tvm_float"] == ops["tvm_integer"] == []  # ours, not TVM's
 
 
 def test_int8_ops_run_integer_and_activations_stay_int8(built):
@@ -89,6 +94,11 @@ def test_an_op_without_an_integer_kernel_runs_as_float_and_says_so(built):
     assert any("softmax" in k for k in plan["ops"]["tvm_float"])
     row = next(line for line in (root / "out" / "results.md").read_text().splitlines() if "| softmax" in line)
     assert row.rstrip().endswith(f"float:{len(plan['ops']['tvm_float'])} |")
+    # crt's int8 kernels go into the libraries that call them, and only those (the model flash counts them).
+    members = lambda f: subprocess.run(["ar", "t", str(f.library)], capture_output=True, text=True,  # noqa: E731
+                                       check=True).stdout.split()
+    assert "crt_int8.o" not in members(_files(root, "host", "softmax"))
+    assert "crt_int8.o" in members(_files(root, "host", "add"))
 
 
 def test_unsupported_quantisation_falls_back_to_float():

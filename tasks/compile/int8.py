@@ -64,7 +64,10 @@ def _patterns() -> list[tuple[str, Any]]:
             body = is_op("relax.add")(conv, _dequantize(is_const())) if bias else conv
             out.append(("conv2d", _requantize(body, clip)))
         for op, name in (("relax.add", "add"), ("relax.multiply", "mul")):
-            out.append((name, _requantize(is_op(op)(_dequantize(wildcard()), _dequantize(wildcard())), clip)))
+            body = is_op(op)(_dequantize(wildcard()), _dequantize(wildcard()))
+            # ADD and MUL get their fused activation in the float domain, before quantize.
+            body = is_op("relax.nn.relu")(body) | is_op("relax.clip")(body, wildcard(), wildcard()) | body
+            out.append((name, _requantize(body, clip)))
         avg = is_op("relax.astype")(is_op("relax.nn.avg_pool2d")(is_op("relax.astype")(wildcard())))
         mx = is_op("relax.nn.max_pool2d")(wildcard())
         for name, pool in (("avg_pool2d", avg), ("max_pool2d", mx)):
@@ -347,15 +350,30 @@ def _conv2d(symbol: str, r: _Reader) -> Int8Kernel:
                       call, scratch, kernel)
 
 
+_FLOAT_ACTIVATIONS = {(0.0, 6.0): Activation.RELU6, (-1.0, 1.0): Activation.RELU_N1_TO_1}
+
+
 def _binary(symbol: str, r: _Reader, name: str) -> Int8Kernel:
     quant_call, out_q, lo, hi = _requant_tail(r)
     body = r.arg(quant_call, 0)
+    float_act = Activation.NONE
+    if r.op(body) == "relax.nn.relu":
+        float_act, body = Activation.RELU, r.arg(body, 0)
+    elif r.op(body) == "relax.clip":
+        bounds = (_prim(body.args[1]), _prim(body.args[2]))
+        if bounds not in _FLOAT_ACTIVATIONS:
+            raise Int8Error(f"clip{bounds} is not a TFLite fused activation")
+        float_act, body = _FLOAT_ACTIVATIONS[bounds], r.arg(body, 0)
     a_q, b_q = _dequant_params(r, r.arg(body, 0)), _dequant_params(r, r.arg(body, 1))
     x0, x1, y = r.arg(body, 0).args[0], r.arg(body, 1).args[0], r.result
     _check_int8({"first input": x0, "second input": x1, "output": y})
     if _shape(x0) != _shape(x1) or _shape(x0) != _shape(y):
         raise Int8Error(f"{name} of shapes {_shape(x0)} and {_shape(x1)}: the kernels do not broadcast")
     act = _activation(lo, hi, out_q)
+    if float_act != Activation.NONE:
+        if act != Activation.NONE:
+            raise Int8Error("two fused activations")
+        act = float_act
     size = int(np.prod(_shape(y)))
     if name == "add":
         p = qz.add_params(a_q.scale, a_q.zero_point, b_q.scale, b_q.zero_point, out_q.scale, out_q.zero_point, act)
@@ -467,9 +485,9 @@ def _codegen(funcs, options, constant_names) -> list:
     return out
 
 
-def op_summary(kernels: list[Int8Kernel], plan, external: frozenset[str]) -> "OpCounts":
+def op_summary(kernels: list[Int8Kernel], plan, external: frozenset[str], float_kernels: set[str]) -> "OpCounts":
     """How the plan's calls compute: the int8 ops by TFLite name, other external functions, and TVM's kernels
-    by whether they touch float tensors."""
+    by whether they compute in float (`float_kernels`: a fused dequantize-op-quantize has int8 arguments only)."""
     from tasks.compile.plan import OpCounts
 
     by_symbol = {k.symbol: k.op for k in kernels}
@@ -480,7 +498,7 @@ def op_summary(kernels: list[Int8Kernel], plan, external: frozenset[str]) -> "Op
             counts.integer[op] = counts.integer.get(op, 0) + 1
         elif call.kernel in external:
             counts.other.append(call.kernel)
-        elif any(plan.tensors[t].dtype.startswith("float") for t in call.args):
+        elif call.kernel in float_kernels or any(plan.tensors[t].dtype.startswith("float") for t in call.args):
             counts.tvm_float.append(call.kernel)
         else:
             counts.tvm_integer.append(call.kernel)

@@ -323,7 +323,7 @@ def build(source: Path, prefix: str, target_json: dict[str, Any], where: str = "
     external = frozenset(f for m in ext_modules for f in _functions(m))
     lowered = lower(mod, target, profile)
     plan, params, kernels = extract_plan(lowered, prefix, source, external)
-    plan.ops = int8.op_summary(integer.kernels, plan, external)
+    plan.ops = int8.op_summary(integer.kernels, plan, external, _float_kernels(kernels))
     runtime_module, workspace = compile_kernels(kernels, lowered.attrs, target, profile)
     for ext in ext_modules:
         runtime_module.import_module(ext)
@@ -332,6 +332,11 @@ def build(source: Path, prefix: str, target_json: dict[str, Any], where: str = "
     plan.arena_lower_bound = lower_bound(plan.storages)
     return BuildResult(plan=plan, params={**params, **ext_constants}, runtime_module=runtime_module,
                        external_modules=tuple(ext_modules))
+
+
+def _float_kernels(kernels: dict[str, Any]) -> set[str]:
+    """The TVM kernels that compute in float anywhere (their TVMScript names a float dtype)."""
+    return {symbol for symbol, func in kernels.items() if "float" in func.script()}
 
 
 def _functions(module) -> list[str]:
