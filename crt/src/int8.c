@@ -335,7 +335,7 @@ int32_t crtforge_int8_depthwise_conv2d(const crtforge_int8_conv_shape* s, const 
     return -1;
   const requant_t rq = requant_of(q, bias);
   const int32_t mult = s->depth_multiplier, in_c = s->in_c, out_c = s->out_c, offset = q->input_offset;
-  /* With one filter per channel, input and output channels line up: four at a time (see dw_tap4). */
+  /* With one filter per channel, input and output channels line up: four at a time (see DW_TAP4). */
   const int32_t blocked = mult == 1 ? in_c & ~3 : 0;
   const int32_t x_step = s->dilation_w * in_c;
 #if CRTFORGE_INT8_DSP

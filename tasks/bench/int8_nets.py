@@ -33,7 +33,7 @@ from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as fb
 
 from tasks import fsutil
 from tasks.bench.models import MLP_SIZES, _bias, _he_uniform, mlp_weights
-from tasks.compile.quantize import INT8_MAX, INT8_MIN, Activation, padding
+from tasks.compile.quantize import INT8_MAX, INT8_MIN, Activation, padding, round_half_away
 
 NETWORKS: tuple[str, ...] = ("mlp_int8", "dscnn_int8")
 
@@ -252,16 +252,11 @@ class QParams:
     zero_point: int
 
 
-def _round_half_away(x: np.ndarray) -> np.ndarray:
-    # TfLiteRound: ties away from zero (np.round ties to even).
-    return np.sign(x) * np.floor(np.abs(x) + 0.5)
-
-
 def activation_qparams(lo: float, hi: float) -> QParams:
     """Asymmetric int8 parameters covering [lo, hi] widened to include 0."""
     lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
     scale = np.float32((hi - lo) / (INT8_MAX - INT8_MIN)) if hi > lo else np.float32(1.0)
-    zp = int(np.clip(_round_half_away(np.float64(INT8_MIN - lo / float(scale))), INT8_MIN, INT8_MAX))
+    zp = int(np.clip(round_half_away(np.float64(INT8_MIN - lo / float(scale))), INT8_MIN, INT8_MAX))
     return QParams(scale, zp)
 
 
@@ -272,7 +267,7 @@ def quantize_weights(w: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.nd
     max_abs = np.abs(w64).max(axis=reduce, keepdims=True)
     # An all-zero channel gets scale 1 (its weights quantise to 0 either way).
     scales = np.where(max_abs > 0, max_abs / INT8_MAX, 1.0).astype(np.float32)
-    q = np.clip(_round_half_away(w64 / scales.astype(np.float64)), -INT8_MAX, INT8_MAX)
+    q = np.clip(round_half_away(w64 / scales.astype(np.float64)), -INT8_MAX, INT8_MAX)
     scales = scales.reshape(-1)
     return q.astype(np.int8), scales
 
@@ -280,7 +275,7 @@ def quantize_weights(w: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.nd
 def quantize_bias(bias: np.ndarray, s_in: np.float32, s_w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """int32 bias at scale s_in * s_w (the product in float32, as the converter takes it)."""
     scales = (np.float32(s_in) * s_w.astype(np.float32)).astype(np.float32)
-    q = _round_half_away(bias.astype(np.float64) / scales.astype(np.float64))
+    q = round_half_away(bias.astype(np.float64) / scales.astype(np.float64))
     return np.clip(q, -INT32_MAX, INT32_MAX).astype(np.int32), scales
 
 

@@ -7,8 +7,9 @@ them to `relax.ext.crtforge_int8`, which emits one C function per op calling crt
 (packed int8 weights, int32 bias, multipliers and shifts computed as TFLite does, tasks/compile/quantize.py)
 inlined as const arrays. Between two such calls the activations stay int8, so the arena holds int8 tensors.
 
-A cluster whose quantisation the kernels do not implement (per-tensor activations int8, symmetric int8 weights)
-does not match, and runs through TVM's float path instead; `summary` counts both, so the report says so.
+A cluster the kernels do not implement exactly (they take int8 activations with a per-tensor scale and zero point,
+symmetric int8 weights, int32 bias) does not match and runs through TVM's float path instead; `op_summary` counts
+both, so the report says so.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from tasks.errors import CrtforgeError
 from tasks.naming import ModelSymbols
 
 CODEGEN = "crtforge_int8"
-_ALIGN = 4  # packed weights are read as words
 
 
 class Int8Error(CrtforgeError):
@@ -217,14 +217,11 @@ def _weighted_tail(r: _Reader, quant_call) -> tuple[Any, np.ndarray | None]:
     return body, None
 
 
-def _weights(r: _Reader, deq) -> tuple[np.ndarray, np.ndarray]:
-    """The int8 weight constant under a dequantize, and its scales; weights must be symmetric."""
-    w = _const(r.arg(deq, 0)) if r.op(r.arg(deq, 0)) is None else None
-    zp = _const(r.arg(deq, 2))
-    if np.any(zp != 0):
+def _weight_scales(r: _Reader, deq) -> np.ndarray:
+    """The float32 scales of the weights under a dequantize, which must be symmetric (zero point 0)."""
+    if np.any(_const(r.arg(deq, 2)) != 0):
         raise Int8Error("weights have a nonzero zero point; the integer kernels take symmetric weights")
-    scales = _const(r.arg(deq, 1)).astype(np.float32).reshape(-1)
-    return w, scales
+    return _const(r.arg(deq, 1)).astype(np.float32).reshape(-1)
 
 
 def _fully_connected(symbol: str, r: _Reader) -> Int8Kernel:
@@ -240,10 +237,7 @@ def _fully_connected(symbol: str, r: _Reader) -> Int8Kernel:
             raise Int8Error(f"weight permutation {axes} is not a transpose")
     else:
         matrix = _const(src).T
-    zp_w = _const(r.arg(w_deq, 2))
-    if np.any(zp_w != 0):
-        raise Int8Error("weights have a nonzero zero point; the integer kernels take symmetric weights")
-    s_w = _const(r.arg(w_deq, 1)).astype(np.float32).reshape(-1)
+    s_w = _weight_scales(r, w_deq)
     x = x_deq.args[0]
     _check_int8({"input": x, "weights": src, "output": r.result})
     n, k = matrix.shape
@@ -305,10 +299,7 @@ def _conv2d(symbol: str, r: _Reader) -> Int8Kernel:
     depthwise = r.op(w_expr) == "relax.reshape"
     w_deq = r.arg(w_expr, 0) if depthwise else w_expr
     w = _const(r.arg(w_deq, 0))
-    zp_w = _const(r.arg(w_deq, 2))
-    if np.any(zp_w != 0):
-        raise Int8Error("weights have a nonzero zero point; the integer kernels take symmetric weights")
-    s_w = _const(r.arg(w_deq, 1)).astype(np.float32).reshape(-1)
+    s_w = _weight_scales(r, w_deq)
     x, y = x_deq.args[0], r.result
     _check_int8({"input": x, "weights": r.arg(w_deq, 0), "output": y})
     xs, ys = _shape(x), _shape(y)
@@ -316,7 +307,6 @@ def _conv2d(symbol: str, r: _Reader) -> Int8Kernel:
                     [int(v) for v in a.padding])
     groups, in_c, out_c = int(a.groups), xs[3], ys[3]
     act = _activation(lo, hi, out_q)
-    channels = out_c
     if depthwise:
         if str(a.kernel_layout) != "HWOI" or groups != in_c or w.shape[-1] != out_c:
             raise Int8Error(f"depthwise conv2d with groups {groups}, kernel layout {a.kernel_layout}")
@@ -333,9 +323,9 @@ def _conv2d(symbol: str, r: _Reader) -> Int8Kernel:
         geo["depth_multiplier"] = 1
         weights = qz.pack_weights(ohwi.reshape(out_c, -1))
         kernel, scratch, op = "crtforge_int8_conv2d", _scratch(ohwi[0].size), "CONV_2D"
-    if len(s_w) not in (1, channels):
-        raise Int8Error(f"{len(s_w)} weight scales for {channels} output channels")
-    s_w = np.resize(s_w, channels)
+    if len(s_w) not in (1, out_c):
+        raise Int8Error(f"{len(s_w)} weight scales for {out_c} output channels")
+    s_w = np.resize(s_w, out_c)
     q = qz.channel_quant(x_q.scale, x_q.zero_point, s_w, out_q.scale, out_q.zero_point, act)
     arrays = [CArray(f"{symbol}_weights", "int8_t", weights.reshape(-1)), *_quant_arrays(symbol, q)]
     if bias is not None:

@@ -84,9 +84,10 @@ class Padding:
     before: int
 
 
-def _round_half_away(x: float) -> int:
-    """TfLiteRound / std::round: ties away from zero (Python's round() ties to even)."""
-    return int(math.copysign(math.floor(abs(x) + 0.5), x))
+def round_half_away(x):
+    """TfLiteRound / std::round: ties away from zero (Python's round() and numpy's round tie to even). Takes a
+    number or an array and gives the same kind, as float."""
+    return np.sign(x) * np.floor(np.abs(x) + 0.5)
 
 
 def quantize_multiplier(real: float) -> QuantizedMultiplier:
@@ -95,7 +96,7 @@ def quantize_multiplier(real: float) -> QuantizedMultiplier:
     if real == 0.0:
         return QuantizedMultiplier(0, 0)
     q, shift = math.frexp(real)
-    q_fixed = _round_half_away(q * (1 << 31))
+    q_fixed = int(round_half_away(q * (1 << 31)))
     if q_fixed == 1 << 31:
         q_fixed //= 2
         shift += 1
@@ -112,7 +113,7 @@ def _multiplier_arrays(reals: list[float]) -> tuple[np.ndarray, np.ndarray]:
 def activation_range(activation: Activation, scale: float, zero_point: int) -> tuple[int, int]:
     """TFLite's CalculateActivationRangeQuantized: zp + round(f / scale) with the division in float32."""
     def quantize(f: float) -> int:
-        return zero_point + _round_half_away(float(np.float32(f) / np.float32(scale)))
+        return zero_point + int(round_half_away(float(np.float32(f) / np.float32(scale))))
 
     lo, hi = INT8_MIN, INT8_MAX
     if activation in (Activation.RELU, Activation.RELU6):

@@ -313,13 +313,11 @@ def build(source: Path, prefix: str, target_json: dict[str, Any], where: str = "
         integer = int8.partition(load_relax(source), prefix)
     except int8.Int8Error as e:
         raise BuildError(f"{source}: int8: {e}") from None
-    int8_modules, _ = external_modules(integer.mod)
     try:
         mod = partition(integer.mod, prefix, offload)
     except OffloadError as e:
         raise BuildError(f"{source}: offload: {e}") from None
-    ext_modules, ext_constants = external_modules(mod)
-    ext_modules = _distinct([*int8_modules, *ext_modules])
+    ext_modules, ext_constants = external_modules(mod)  # the int8 ones too: RunCodegen keeps earlier modules
     external = frozenset(f for m in ext_modules for f in _functions(m))
     lowered = lower(mod, target, profile)
     plan, params, kernels = extract_plan(lowered, prefix, source, external)
@@ -341,18 +339,6 @@ def _float_kernels(kernels: dict[str, Any]) -> set[str]:
 
 def _functions(module) -> list[str]:
     return [str(f) for f in module.get_function("get_func_names")()]
-
-
-def _distinct(modules: list) -> list:
-    """Each external module once: a later RunCodegen may list the earlier one's modules again."""
-    seen: set[tuple[str, ...]] = set()
-    out = []
-    for m in modules:
-        key = tuple(_functions(m))
-        if key not in seen:
-            seen.add(key)
-            out.append(m)
-    return out
 
 
 def external_c(result: BuildResult, model_name: str, source: Path, target_name: str) -> str:

@@ -89,8 +89,8 @@ def compile_c(target: TargetConfig, source: Path, obj: Path, include_dirs: list[
     # Paths in debug info and __FILE__ relative to the model folder and the project: the same object from any
     # checkout.
     maps = [f"-ffile-prefix-map={include_dirs[0]}=.", f"-ffile-prefix-map={PROJECT_ROOT}=crtforge"]
-    argv = [cc, *target.cflags(kernel=source in CRT_KERNEL_SOURCES), *warnings, *maps, *[f"-I{d}" for d in include_dirs], "-c", str(source), "-o",
-            str(tmp)]
+    argv = [cc, *target.cflags(kernel=source in CRT_KERNEL_SOURCES), *warnings, *maps,
+            *[f"-I{d}" for d in include_dirs], "-c", str(source), "-o", str(tmp)]
     try:
         _run(argv, f"compiling {source.name}")
         tmp.replace(obj)
@@ -280,7 +280,7 @@ def link_pair(p: Pair) -> LinkOutputs:
                                                 registry_count, gen))
 
     library_objects = []
-    unused = unused_kernels(plan, bool(target.offload))
+    unused = unused_kernels(plan)
     for src, warnings in library_sources(f):
         if warnings is None:
             library_objects.append(src)
@@ -322,14 +322,15 @@ def link_pair(p: Pair) -> LinkOutputs:
     return LinkOutputs(library=f.library, program=f.program)
 
 
-def unused_kernels(plan: dict[str, Any], offload: bool) -> set[Path]:
-    """crt kernel sources that nothing in the pair calls: left out of the library, so that its size (the model
-    flash of the report) counts only what the model needs."""
+def unused_kernels(plan: dict[str, Any]) -> set[Path]:
+    """crt kernel sources that no call of the plan reaches: left out of the library, so that its size (the model
+    flash of the report) counts only what the model needs. The plan's ops say which calls are int8 ops and which
+    are other external functions (the offloaded dense layers)."""
     ops = plan.get("ops") or {}
     unused = set()
     if not ops.get("integer"):
         unused.add(CRT_INT8_SOURCE)
-    if not offload:
+    if not ops.get("other"):
         unused.add(CRT_DENSE_SOURCE)
     return unused
 
