@@ -82,8 +82,9 @@ def test_int8_ops_run_integer_and_activations_stay_int8(built):
     assert plan["arena_bytes"] == -(-96 // ARENA_ALIGN) * ARENA_ALIGN
     c = f.external_c.read_text()
     assert "the model's CONV_2D (1x9x7x5 -> 1x5x4x6, kernel 3x3, stride 2x2, RELU6)" in c
-    assert "crtforge_int8_conv2d(&conv_same_s2_int8_0_conv2d_shape" in c
-    assert "static const int8_t conv_same_s2_int8_0_conv2d_weights[270]" in c  # int8 weights, not float
+    # A small filter is widened to int16 at build time (int8.WIDE_WEIGHTS_MAX_BYTES), not dequantized to float.
+    assert "crtforge_int8_conv2d_wide(&conv_same_s2_int8_0_conv2d_shape" in c
+    assert "static const int16_t conv_same_s2_int8_0_conv2d_weights[270]" in c
     assert "float" not in c
 
 
@@ -160,5 +161,9 @@ def test_default_pipeline_int8_models_match_tflm_on_the_host(tmp_path):
     weights = 256 * 512 + 512 * 512 + 512 * 10
     flash = fsutil.read_json(_files(tmp_path, "host", "mlp-int8").sizes_json)["library"]["flash"]
     assert weights < flash < 480 * 1024
+    # The two big layers keep int8 weights; the 10x512 one (10 KiB as int16) is widened.
+    c = _files(tmp_path, "host", "mlp-int8").external_c.read_text()
+    assert c.count("status = crtforge_int8_fully_connected(") == 2
+    assert c.count("status = crtforge_int8_fully_connected_wide(") == 1
     # Two int8 activations of 512 and the int16 input column (1,024 bytes), not float32 tensors.
     assert fsutil.read_json(_files(tmp_path, "host", "mlp-int8").plan_json)["arena_bytes"] == 2048

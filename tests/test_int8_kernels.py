@@ -63,7 +63,7 @@ class ChannelQuantC(ctypes.Structure):
     _fields_ = [("input_offset", ctypes.c_int32), ("output_offset", ctypes.c_int32),
                 ("act_min", ctypes.c_int32), ("act_max", ctypes.c_int32),
                 ("multiplier", ctypes.POINTER(ctypes.c_int32)), ("shift", ctypes.POINTER(ctypes.c_int32)),
-                ("per_channel", ctypes.c_int32)]
+                ("per_channel", ctypes.c_int32), ("fast", ctypes.POINTER(ctypes.c_int32))]
 
 
 SHAPE_FIELDS = ("batches", "in_h", "in_w", "in_c", "out_h", "out_w", "out_c", "kernel_h", "kernel_w",
@@ -101,24 +101,38 @@ class Prepared:
     name: str
     kind: str  # "fc" or "conv"
     input: np.ndarray
-    weights: np.ndarray  # packed
+    weights: np.ndarray  # packed: int8, or int16 for the _wide kernels
     bias: np.ndarray
     quant: qz.ChannelQuant
     shape: dict[str, int]
     out_size: int
     k: int
+    fast: bool  # pass the one-multiply requantisation table
+
+    @property
+    def wide(self) -> bool:
+        return self.weights.dtype == np.int16
+
+    @property
+    def fast_table(self) -> np.ndarray | None:
+        return qz.fast_requant(self.quant.multipliers, self.quant.shifts) if self.fast else None
 
 
-def prepare_weighted(case: m.WeightedCase, name: str) -> Prepared:
+def prepare_weighted(case: m.WeightedCase, name: str, wide: bool = False, fast: bool = True) -> Prepared:
     q = qz.channel_quant(case.s_in, case.zp_in, case.s_w, case.s_out, case.zp_out, case.activation,
                          per_tensor_fc=case.op == "FULLY_CONNECTED" and not case.per_channel)
     out_size = int(np.prod(case.output_shape))
+    pack = qz.pack_weights_wide if wide else qz.pack_weights
     if case.op == "FULLY_CONNECTED":
         b, k = case.input.shape
-        return Prepared(name, "fc", case.input, qz.pack_weights(case.weights), case.bias, q,
-                        {"batches": b, "in_features": k, "out_features": case.weights.shape[0]}, out_size, k)
-    return Prepared(name, "conv", case.input, qz.pack_weights(case.weights.reshape(case.weights.shape[0], -1)),
-                    case.bias, q, conv_shape(case), out_size, int(np.prod(case.weights.shape[1:])))
+        return Prepared(name, "fc", case.input, pack(case.weights), case.bias, q,
+                        {"batches": b, "in_features": k, "out_features": case.weights.shape[0]}, out_size, k, fast)
+    return Prepared(name, "conv", case.input, pack(case.weights.reshape(case.weights.shape[0], -1)),
+                    case.bias, q, conv_shape(case), out_size, int(np.prod(case.weights.shape[1:])), fast)
+
+
+# Every weighted case runs four ways: int8 and int16 weights, each with and without the fast requantisation.
+VARIANTS = [(wide, fast) for wide in (False, True) for fast in (False, True)]
 
 
 def conv_shape(case) -> dict[str, int]:
@@ -137,43 +151,54 @@ def conv_shape(case) -> dict[str, int]:
                 pad_top=ph.before, pad_left=pw.before, depth_multiplier=mult)
 
 
-def _quant_c(q: qz.ChannelQuant) -> tuple[ChannelQuantC, tuple]:
-    keep = (np.ascontiguousarray(q.multipliers, np.int32), np.ascontiguousarray(q.shifts, np.int32))
+def _quant_c(q: qz.ChannelQuant, fast: bool) -> tuple[ChannelQuantC, tuple]:
+    table = qz.fast_requant(q.multipliers, q.shifts) if fast else None
+    if fast:
+        assert table is not None, "the case has a shift the fast requantisation does not take: it would test nothing"
+    keep = (np.ascontiguousarray(q.multipliers, np.int32), np.ascontiguousarray(q.shifts, np.int32),
+            None if table is None else np.ascontiguousarray(table.reshape(-1), np.int32))
     qc = ChannelQuantC(q.input_offset, q.output_offset, q.act_min, q.act_max, _ptr(keep[0], ctypes.c_int32),
-                       _ptr(keep[1], ctypes.c_int32), int(q.per_channel))
+                       _ptr(keep[1], ctypes.c_int32), int(q.per_channel),
+                       None if table is None else _ptr(keep[2], ctypes.c_int32))
     return qc, keep  # the arrays must outlive the call
 
 
 def run_weighted(lib: ctypes.CDLL, p: Prepared) -> np.ndarray:
-    qc, _keep = _quant_c(p.quant)
+    qc, _keep = _quant_c(p.quant, p.fast)
     x = np.ascontiguousarray(p.input, np.int8)
-    w = np.ascontiguousarray(p.weights, np.int8)
+    w = np.ascontiguousarray(p.weights)
+    wt = ctypes.c_int16 if p.wide else ctypes.c_int8
+    suffix = "_wide" if p.wide else ""
     bias = np.ascontiguousarray(p.bias, np.int32)
     scratch = np.zeros(p.k, np.int16)
     out = np.zeros(p.out_size, np.int8)
     i8, i16, i32 = ctypes.c_int8, ctypes.c_int16, ctypes.c_int32
     if p.kind == "fc":
         s = p.shape
-        rc = lib.crtforge_int8_fully_connected(ctypes.byref(qc), _ptr(x, i8), s["batches"], s["in_features"],
-                                               _ptr(w, i8), _ptr(bias, i32), s["out_features"], _ptr(scratch, i16),
-                                               _ptr(out, i8))
+        rc = getattr(lib, "crtforge_int8_fully_connected" + suffix)(
+            ctypes.byref(qc), _ptr(x, i8), s["batches"], s["in_features"], _ptr(w, wt), _ptr(bias, i32),
+            s["out_features"], _ptr(scratch, i16), _ptr(out, i8))
     else:
         shape = ConvShapeC(**p.shape)
-        rc = lib.crtforge_int8_conv2d(ctypes.byref(shape), ctypes.byref(qc), _ptr(x, i8), _ptr(w, i8),
-                                      _ptr(bias, i32), _ptr(scratch, i16), _ptr(out, i8))
+        rc = getattr(lib, "crtforge_int8_conv2d" + suffix)(ctypes.byref(shape), ctypes.byref(qc), _ptr(x, i8),
+                                                           _ptr(w, wt), _ptr(bias, i32), _ptr(scratch, i16),
+                                                           _ptr(out, i8))
     assert rc == 0
     return out
 
 
-def run_depthwise(lib: ctypes.CDLL, case: m.WeightedCase) -> np.ndarray:
+def run_depthwise(lib: ctypes.CDLL, case: m.WeightedCase, fast: bool) -> np.ndarray:
     q = qz.channel_quant(case.s_in, case.zp_in, case.s_w, case.s_out, case.zp_out, case.activation)
-    qc, _keep = _quant_c(q)
-    shape = ConvShapeC(**conv_shape(case))
-    x, w = np.ascontiguousarray(case.input), np.ascontiguousarray(case.weights)
+    qc, _keep = _quant_c(q, fast)
+    geo = conv_shape(case)
+    shape = ConvShapeC(**geo)
+    x = np.ascontiguousarray(case.input)
+    w = qz.pack_depthwise(case.weights.reshape(case.weights.shape[1:]), geo["depth_multiplier"])
+    scratch = np.zeros(geo["out_c"], np.int32)
     out = np.zeros(int(np.prod(case.output_shape)), np.int8)
     rc = lib.crtforge_int8_depthwise_conv2d(ctypes.byref(shape), ctypes.byref(qc), _ptr(x, ctypes.c_int8),
-                                            _ptr(w, ctypes.c_int8), _ptr(case.bias, ctypes.c_int32),
-                                            _ptr(out, ctypes.c_int8))
+                                            _ptr(w, ctypes.c_int16), _ptr(case.bias, ctypes.c_int32),
+                                            _ptr(scratch, ctypes.c_int32), _ptr(out, ctypes.c_int8))
     assert rc == 0
     return out
 
@@ -261,6 +286,34 @@ def test_requantize_matches_tflite_math(lib):
     assert not mismatches, mismatches[:5]
 
 
+def py_fast_requant(x: int, row: np.ndarray) -> int:
+    """crtforge_int8_channel_quant.fast's formula (the C's requantize_fast) in Python integers."""
+    lo, hi, mult, high_shift = (int(v) for v in row)
+    nudge = (hi << 32) | (lo & 0xFFFFFFFF)
+    p = nudge - (1 << 31 if x < 0 else 0) + x * mult
+    return (p >> 32) >> high_shift
+
+
+def test_fast_requant_equals_the_two_roundings():
+    rng = np.random.default_rng(8)
+    xs = [0, 1, -1, 2, -2, 3, -3, INT32_MIN, INT32_MAX, INT32_MIN + 1, 1 << 30, -(1 << 30), (1 << 30) - 1]
+    xs += [int(v) for v in rng.integers(INT32_MIN, INT32_MAX, 400)] + [int(v) for v in rng.integers(-4096, 4096, 400)]
+    multipliers = [0, 1 << 30, (1 << 30) + 1, (1 << 31) - 1] + [int(v) for v in rng.integers(1 << 30, 1 << 31, 12)]
+    mismatches = []
+    for shift in (-1, -2, -7, -16, -30, -31):
+        for mult in multipliers:
+            row = qz.fast_requant(np.array([mult]), np.array([shift]))[0]
+            # With mult 2^30 (a half), x = (2j + 1) 2^-shift leaves an exact half for RoundingDivideByPOT, both signs.
+            ties = [(2 * j + 1) << -shift for j in range(-3, 3)] if mult == 1 << 30 else []
+            for x in xs + [t for t in ties if INT32_MIN <= t <= INT32_MAX]:
+                if py_fast_requant(x, row) != py_mbqm(x, mult, shift):
+                    mismatches.append((x, mult, shift))
+    assert not mismatches, mismatches[:5]
+    # Shifts it does not take: none (left shifts, no shift, below -31 cannot come from QuantizeMultiplier).
+    assert qz.fast_requant(np.array([1 << 30, 1 << 30]), np.array([-3, 0])) is None
+    assert qz.fast_requant(np.array([1 << 30]), np.array([2])) is None
+
+
 # --- ops against TFLM ----------------------------------------------------------------------------------
 
 ACTS = {"none": Activation.NONE, "relu": Activation.RELU, "relu6": Activation.RELU6}
@@ -309,14 +362,18 @@ def conv_case(seed, shape, oc, kernel, stride, dil, same, act) -> m.WeightedCase
 def test_fully_connected(lib, seed, b, k, n, act, pc):
     case = fc_case(seed, b, k, n, act, pc)
     want = m.run_tflm(case.tflite, [case.input])
-    np.testing.assert_array_equal(run_weighted(lib, prepare_weighted(case, "fc")).reshape(want.shape), want)
+    for wide, fast in VARIANTS:
+        got = run_weighted(lib, prepare_weighted(case, "fc", wide, fast)).reshape(want.shape)
+        np.testing.assert_array_equal(got, want, err_msg=f"wide={wide} fast={fast}")
 
 
 @pytest.mark.parametrize("seed,shape,oc,kernel,stride,dil,same,act", _ids(CONV_CASES))
 def test_conv2d(lib, seed, shape, oc, kernel, stride, dil, same, act):
     case = conv_case(seed, shape, oc, kernel, stride, dil, same, act)
     want = m.run_tflm(case.tflite, [case.input])
-    np.testing.assert_array_equal(run_weighted(lib, prepare_weighted(case, "conv")).reshape(want.shape), want)
+    for wide, fast in VARIANTS:
+        got = run_weighted(lib, prepare_weighted(case, "conv", wide, fast)).reshape(want.shape)
+        np.testing.assert_array_equal(got, want, err_msg=f"wide={wide} fast={fast}")
 
 
 @pytest.mark.parametrize("seed,shape,mult,kernel,stride,dil,same,act", _ids(DW_CASES))
@@ -324,7 +381,8 @@ def test_depthwise_conv2d(lib, seed, shape, mult, kernel, stride, dil, same, act
     case = m.random_conv2d(seed, shape, 0, kernel, stride, dil, same, ACTS[act], depthwise=True,
                            depth_multiplier=mult)
     want = m.run_tflm(case.tflite, [case.input])
-    np.testing.assert_array_equal(run_depthwise(lib, case).reshape(want.shape), want)
+    for fast in (False, True):
+        np.testing.assert_array_equal(run_depthwise(lib, case, fast).reshape(want.shape), want, err_msg=f"fast={fast}")
 
 
 @pytest.mark.parametrize("op", ["ADD", "MUL"])
@@ -378,6 +436,7 @@ def test_compiles_without_warnings(tmp_path, argv):
 # --- the DSP path on a Cortex-M4 under qemu ------------------------------------------------------------
 
 PROGRAM = jinja2.Template(r"""/* crtforge int8 DSP-path check, generated by tests/test_int8_kernels.py. */
+#include <stddef.h>
 #include <stdio.h>
 #include "crtforge/int8.h"
 
@@ -385,10 +444,12 @@ static int16_t scratch[{{ scratch }}] __attribute__((aligned(4)));
 {% for c in cases %}
 /* {{ c.name }} */
 static const int8_t in_{{ loop.index }}[] = { {{ c.input }} };
-static const int8_t w_{{ loop.index }}[] __attribute__((aligned(4))) = { {{ c.weights }} };
+static const {{ c.wtype }} w_{{ loop.index }}[] __attribute__((aligned(4))) = { {{ c.weights }} };
 static const int32_t b_{{ loop.index }}[] = { {{ c.bias }} };
 static const int32_t m_{{ loop.index }}[] = { {{ c.mult }} };
 static const int32_t s_{{ loop.index }}[] = { {{ c.shift }} };
+{% if c.fast %}static const int32_t f_{{ loop.index }}[] = { {{ c.fast }} };
+{% endif %}
 static int8_t out_{{ loop.index }}[{{ c.out_size }}];
 {% endfor %}
 static void print(const char* name, const int8_t* y, int n) {
@@ -399,12 +460,13 @@ static void print(const char* name, const int8_t* y, int n) {
 
 int main(void) {
 {% for c in cases %}  {
-    const crtforge_int8_channel_quant q = { {{ c.q }}, m_{{ loop.index }}, s_{{ loop.index }}, {{ c.per_channel }} };
-{% if c.kind == "fc" %}    int rc = crtforge_int8_fully_connected(&q, in_{{ loop.index }}, {{ c.shape.batches }},
+    const crtforge_int8_channel_quant q = { {{ c.q }}, m_{{ loop.index }}, s_{{ loop.index }}, {{ c.per_channel }},
+        {{ "f_%d" % loop.index if c.fast else "NULL" }} };
+{% if c.kind == "fc" %}    int rc = crtforge_int8_fully_connected{{ c.suffix }}(&q, in_{{ loop.index }}, {{ c.shape.batches }},
         {{ c.shape.in_features }}, w_{{ loop.index }}, b_{{ loop.index }}, {{ c.shape.out_features }}, scratch,
         out_{{ loop.index }});
 {% else %}    const crtforge_int8_conv_shape s = { {{ c.conv }} };
-    int rc = crtforge_int8_conv2d(&s, &q, in_{{ loop.index }}, w_{{ loop.index }}, b_{{ loop.index }}, scratch,
+    int rc = crtforge_int8_conv2d{{ c.suffix }}(&s, &q, in_{{ loop.index }}, w_{{ loop.index }}, b_{{ loop.index }}, scratch,
         out_{{ loop.index }});
 {% endif %}    if (rc != 0) { printf("error {{ c.name }} %d\n", rc); return 1; }
     print("{{ c.name }}", out_{{ loop.index }}, {{ c.out_size }});
@@ -420,8 +482,10 @@ def _c_list(a: np.ndarray) -> str:
 
 
 def _program_case(p: Prepared) -> dict:
-    q = p.quant
+    q, table = p.quant, p.fast_table
     return {"name": p.name, "kind": p.kind, "input": _c_list(p.input), "weights": _c_list(p.weights),
+            "wtype": "int16_t" if p.wide else "int8_t", "suffix": "_wide" if p.wide else "",
+            "fast": "" if table is None else _c_list(table),
             "bias": _c_list(p.bias), "mult": _c_list(q.multipliers), "shift": _c_list(q.shifts),
             "out_size": p.out_size, "q": f"{q.input_offset}, {q.output_offset}, {q.act_min}, {q.act_max}",
             "per_channel": int(q.per_channel), "shape": p.shape,
@@ -429,8 +493,10 @@ def _program_case(p: Prepared) -> dict:
 
 
 def test_dsp_path_on_cortex_m4_equals_portable(lib, tmp_path):
-    prepared = [prepare_weighted(fc_case(3, *v), f"fc-{k}") for k, v in FC_CASES.items()]
-    prepared += [prepare_weighted(conv_case(3, *v), f"conv-{k}") for k, v in CONV_CASES.items()]
+    prepared = [prepare_weighted(fc_case(3, *v), f"fc-{k}-w{int(wide)}f{int(fast)}", wide, fast)
+                for k, v in FC_CASES.items() for wide, fast in VARIANTS]
+    prepared += [prepare_weighted(conv_case(3, *v), f"conv-{k}-w{int(wide)}f{int(fast)}", wide, fast)
+                 for k, v in CONV_CASES.items() for wide, fast in VARIANTS]
     src = tmp_path / "main.c"
     src.write_text(PROGRAM.render(cases=[_program_case(p) for p in prepared], scratch=max(p.k for p in prepared)))
     board = SimpleNamespace(name="mps2-an386", description="int8 kernel test")

@@ -88,32 +88,55 @@ static inline int8_t clamp_int8(int32_t v, int32_t lo, int32_t hi) {
 typedef struct {
   const int32_t* multiplier;
   const int32_t* shift;
+  const int32_t* fast;
   const int32_t* bias;
   int32_t channel_step; /* 1 per channel, 0 per tensor */
   int32_t output_offset, act_min, act_max;
 } requant_t;
 
 static inline requant_t requant_of(const crtforge_int8_channel_quant* q, const int32_t* bias) {
-  requant_t r = {q->multiplier, q->shift, bias, q->per_channel ? 1 : 0, q->output_offset, q->act_min, q->act_max};
+  requant_t r = {q->multiplier, q->shift, q->fast, bias, q->per_channel ? 1 : 0, q->output_offset, q->act_min,
+                 q->act_max};
   return r;
 }
 
-/* acc of output channel c -> int8: bias, requantise, offset, activation. */
-static inline int8_t finish(int32_t acc, const requant_t* r, int32_t c) {
-  const int32_t i = c * r->channel_step;
-  if (r->bias) acc += r->bias[c];
-  return clamp_int8(requantize(acc, r->multiplier[i], r->shift[i]) + r->output_offset, r->act_min, r->act_max);
+/* The one-multiply form of requantize (see crtforge_int8_channel_quant.fast): f is one channel's 4 entries. */
+static inline int32_t requantize_fast(int32_t acc, const int32_t* f) {
+  int64_t p = (int64_t)(((uint64_t)(uint32_t)f[1] << 32) | (uint32_t)f[0]);
+  if (acc < 0) p -= (int64_t)1 << 31;
+  p += (int64_t)acc * f[2];
+  return (int32_t)(p >> 32) >> f[3];
+}
+
+/* out[j] = finish(acc[j]) for channels c0 .. c0+n: a function of its own so that its loop keeps the offsets,
+ * limits and table pointers in registers (inlined into a MAC loop they spill, and cost ten loads per output). */
+static void __attribute__((noinline)) finish_row(const int32_t* acc, int32_t n, const requant_t* r, int32_t c0,
+                                                 int8_t* out) {
+  const int32_t step = r->channel_step, offset = r->output_offset, lo = r->act_min, hi = r->act_max;
+  const int32_t* bias = r->bias ? r->bias + c0 : 0;
+  int32_t j;
+  if (r->fast) {
+    const int32_t* f = r->fast + 4 * step * c0;
+    for (j = 0; j < n; ++j, f += 4 * step) {
+      const int32_t a = bias ? acc[j] + bias[j] : acc[j];
+      out[j] = clamp_int8(requantize_fast(a, f) + offset, lo, hi);
+    }
+  } else {
+    const int32_t* m = r->multiplier + step * c0;
+    const int32_t* sh = r->shift + step * c0;
+    for (j = 0; j < n; ++j, m += step, sh += step) {
+      const int32_t a = bias ? acc[j] + bias[j] : acc[j];
+      out[j] = clamp_int8(requantize(a, *m, *sh) + offset, lo, hi);
+    }
+  }
 }
 
 /* --- the input column (scratch) ----------------------------------------------------------------------- */
 
-/* Where element kk of a column of k entries lives in the scratch. */
+/* Where element kk of a column of k entries lives in the scratch: whole quads in the order x0 x2 x1 x3 (both
+ * builds, so that the int16 weight layout is one), the k % 4 last entries in order. */
 static inline int32_t column_pos(int32_t kk, int32_t k) {
-#if CRTFORGE_INT8_DSP
-  if (kk < (k & ~3)) return (kk & ~3) | ((kk & 1) << 1) | ((kk >> 1) & 1); /* quad order x0 x2 x1 x3 */
-#else
-  (void)k;
-#endif
+  if (kk < (k & ~3)) return (kk & ~3) | ((kk & 1) << 1) | ((kk >> 1) & 1);
   return kk;
 }
 
@@ -146,24 +169,57 @@ static void column_zero(int16_t* column, int32_t k, int32_t kk0, int32_t n) {
 /* --- dot products of packed weight rows with the column ----------------------------------------------- */
 
 #if CRTFORGE_INT8_DSP
+/* Two words from p (4-byte aligned), p += 2: one post-indexed LDRD. gcc 12 splits such loads into two LDRs for
+ * Cortex-M4 and keeps a separate pointer increment, about a third of the inner loops' instructions. The
+ * "memory" clobber keeps it after the stores that wrote the column. */
+static inline void load_pair(const uint32_t** p, int32_t* lo, int32_t* hi) {
+  __asm__("ldrd %0, %1, [%2], #8" : "=r"(*lo), "=r"(*hi), "+r"(*p) : : "memory");
+}
+
 /* Four rows x one quad of k per step: 4 weight words (one pointer, consecutive), 2 column words, 8 SXTB16,
  * 8 SMLAD. */
 static void dot4_quads(const uint32_t* w, const uint32_t* x, int32_t quads, int32_t acc[4]) {
   int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
   const uint32_t* const end = x + 2 * quads;
   while (x < end) {
-    const int32_t xe = (int32_t)x[0], xo = (int32_t)x[1];
-    const uint32_t w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3];
-    x += 2;
-    w += 4;
-    a0 = __smlad(__sxtb16((int32_t)w0), xe, a0);
-    a0 = __smlad(sxtb16_odd(w0), xo, a0);
-    a1 = __smlad(__sxtb16((int32_t)w1), xe, a1);
-    a1 = __smlad(sxtb16_odd(w1), xo, a1);
-    a2 = __smlad(__sxtb16((int32_t)w2), xe, a2);
-    a2 = __smlad(sxtb16_odd(w2), xo, a2);
-    a3 = __smlad(__sxtb16((int32_t)w3), xe, a3);
-    a3 = __smlad(sxtb16_odd(w3), xo, a3);
+    int32_t xe, xo, w0, w1, w2, w3;
+    load_pair(&x, &xe, &xo);
+    load_pair(&w, &w0, &w1);
+    a0 = __smlad(__sxtb16(w0), xe, a0);
+    a0 = __smlad(sxtb16_odd((uint32_t)w0), xo, a0);
+    a1 = __smlad(__sxtb16(w1), xe, a1);
+    a1 = __smlad(sxtb16_odd((uint32_t)w1), xo, a1);
+    load_pair(&w, &w2, &w3);
+    a2 = __smlad(__sxtb16(w2), xe, a2);
+    a2 = __smlad(sxtb16_odd((uint32_t)w2), xo, a2);
+    a3 = __smlad(__sxtb16(w3), xe, a3);
+    a3 = __smlad(sxtb16_odd((uint32_t)w3), xo, a3);
+  }
+  acc[0] = a0;
+  acc[1] = a1;
+  acc[2] = a2;
+  acc[3] = a3;
+}
+
+/* The same with int16 weights, already in the column's pair order: 5 LDRD and 8 SMLAD per quad of four rows. */
+static void dot4_quads_wide(const uint32_t* w, const uint32_t* x, int32_t quads, int32_t acc[4]) {
+  int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+  const uint32_t* const end = x + 2 * quads;
+  while (x < end) {
+    int32_t xe, xo, we, wo;
+    load_pair(&x, &xe, &xo);
+    load_pair(&w, &we, &wo);
+    a0 = __smlad(we, xe, a0);
+    a0 = __smlad(wo, xo, a0);
+    load_pair(&w, &we, &wo);
+    a1 = __smlad(we, xe, a1);
+    a1 = __smlad(wo, xo, a1);
+    load_pair(&w, &we, &wo);
+    a2 = __smlad(we, xe, a2);
+    a2 = __smlad(wo, xo, a2);
+    load_pair(&w, &we, &wo);
+    a3 = __smlad(we, xe, a3);
+    a3 = __smlad(wo, xo, a3);
   }
   acc[0] = a0;
   acc[1] = a1;
@@ -182,8 +238,29 @@ static int32_t dot1_quads(const int8_t* w, const uint32_t* x, int32_t quads) {
   }
   return a;
 }
+
+static int32_t dot1_quads_wide(const int16_t* w, const uint32_t* x, int32_t quads) {
+  int32_t a = 0, i;
+  for (i = 0; i < 2 * quads; ++i) {
+    uint32_t word;
+    memcpy(&word, w + 2 * i, 4); /* a row after the groups is 4-byte aligned only when k is even */
+    a = __smlad((int32_t)word, (int32_t)x[i], a);
+  }
+  return a;
+}
 #else
+/* x0 x2 x1 x3: which entry of an int8 weight quad (natural order) meets column entry j of its quad. */
+static const int8_t QUAD_ORDER[4] = {0, 2, 1, 3};
+
 static void dot4_quads(const int8_t* w, const int16_t* x, int32_t quads, int32_t acc[4]) {
+  int32_t i, r, j;
+  for (r = 0; r < 4; ++r) acc[r] = 0;
+  for (i = 0; i < quads; ++i, w += 16, x += 4)
+    for (r = 0; r < 4; ++r)
+      for (j = 0; j < 4; ++j) acc[r] += (int32_t)w[4 * r + QUAD_ORDER[j]] * x[j];
+}
+
+static void dot4_quads_wide(const int16_t* w, const int16_t* x, int32_t quads, int32_t acc[4]) {
   int32_t i, r, j;
   for (r = 0; r < 4; ++r) acc[r] = 0;
   for (i = 0; i < quads; ++i, w += 16, x += 4)
@@ -193,41 +270,60 @@ static void dot4_quads(const int8_t* w, const int16_t* x, int32_t quads, int32_t
 
 static int32_t dot1_quads(const int8_t* w, const int16_t* x, int32_t quads) {
   int32_t a = 0, i;
+  for (i = 0; i < 4 * quads; ++i) a += (int32_t)w[(i & ~3) + QUAD_ORDER[i & 3]] * x[i];
+  return a;
+}
+
+static int32_t dot1_quads_wide(const int16_t* w, const int16_t* x, int32_t quads) {
+  int32_t a = 0, i;
   for (i = 0; i < 4 * quads; ++i) a += (int32_t)w[i] * x[i];
   return a;
 }
 #endif
 
-/* out[r] for r in [0, rows): packed weights (see int8.h) times the column of k entries. */
-static void dot_rows(const crtforge_int8_channel_quant* q, const int16_t* column, int32_t k, const int8_t* w,
-                     const int32_t* bias, int32_t rows, int8_t* out) {
+#if CRTFORGE_INT8_DSP
+#define AS_WORDS(p) ((const uint32_t*)(const void*)(p))
+#else
+#define AS_WORDS(p) (p)
+#endif
+
+/* out[r] for r in [0, rows): packed weights (see int8.h), int8 `w8` or int16 `w16` (the other NULL), times the
+ * column of k entries. */
+static void dot_rows(const crtforge_int8_channel_quant* q, const int16_t* column, int32_t k, const int8_t* w8,
+                     const int16_t* w16, const int32_t* bias, int32_t rows, int8_t* out) {
   const requant_t rq = requant_of(q, bias);
   const int32_t quads = k / 4, tail = k % 4, grouped = rows - rows % CRTFORGE_INT8_PACK_ROWS;
   const int16_t* const column_tail = column + 4 * quads; /* leftover k: natural order in both layouts */
   int32_t r, i, j;
   for (r = 0; r < grouped; r += 4) {
-    const int8_t* group = w + r * k;
-    const int8_t* group_tail = group + 16 * quads;
     int32_t acc[4];
-#if CRTFORGE_INT8_DSP
-    dot4_quads((const uint32_t*)(const void*)group, (const uint32_t*)(const void*)column, quads, acc);
-#else
-    dot4_quads(group, column, quads, acc);
-#endif
-    for (i = 0; i < 4; ++i) {
-      for (j = 0; j < tail; ++j) acc[i] += (int32_t)group_tail[i * tail + j] * column_tail[j];
-      out[r + i] = finish(acc[i], &rq, r + i);
+    if (w16) {
+      const int16_t* group = w16 + r * k;
+      const int16_t* group_tail = group + 16 * quads;
+      dot4_quads_wide(AS_WORDS(group), AS_WORDS(column), quads, acc);
+      for (i = 0; i < 4; ++i)
+        for (j = 0; j < tail; ++j) acc[i] += (int32_t)group_tail[i * tail + j] * column_tail[j];
+    } else {
+      const int8_t* group = w8 + r * k;
+      const int8_t* group_tail = group + 16 * quads;
+      dot4_quads(AS_WORDS(group), AS_WORDS(column), quads, acc);
+      for (i = 0; i < 4; ++i)
+        for (j = 0; j < tail; ++j) acc[i] += (int32_t)group_tail[i * tail + j] * column_tail[j];
     }
+    finish_row(acc, 4, &rq, r, out + r);
   }
-  for (; r < rows; ++r) {
-    const int8_t* row = w + r * k; /* the rows after the groups are row-major */
-#if CRTFORGE_INT8_DSP
-    int32_t acc = dot1_quads(row, (const uint32_t*)(const void*)column, quads);
-#else
-    int32_t acc = dot1_quads(row, column, quads);
-#endif
-    for (j = 0; j < tail; ++j) acc += (int32_t)row[4 * quads + j] * column_tail[j];
-    out[r] = finish(acc, &rq, r);
+  for (; r < rows; ++r) { /* the rows after the groups are row-major */
+    int32_t acc;
+    if (w16) {
+      const int16_t* row = w16 + r * k;
+      acc = dot1_quads_wide(row, AS_WORDS(column), quads);
+      for (j = 0; j < tail; ++j) acc += (int32_t)row[4 * quads + j] * column_tail[j];
+    } else {
+      const int8_t* row = w8 + r * k;
+      acc = dot1_quads(row, AS_WORDS(column), quads);
+      for (j = 0; j < tail; ++j) acc += (int32_t)row[4 * quads + j] * column_tail[j];
+    }
+    finish_row(&acc, 1, &rq, r, out + r);
   }
 }
 
@@ -237,16 +333,31 @@ static int32_t bad_quant(const crtforge_int8_channel_quant* q) {
   return q == 0 || q->multiplier == 0 || q->shift == 0 || q->act_min > q->act_max;
 }
 
-int32_t crtforge_int8_fully_connected(const crtforge_int8_channel_quant* q, const int8_t* input, int32_t batches,
-                                      int32_t in_features, const int8_t* weights, const int32_t* bias,
-                                      int32_t out_features, int16_t* scratch, int8_t* out_output) {
+static int32_t fully_connected(const crtforge_int8_channel_quant* q, const int8_t* input, int32_t batches,
+                               int32_t in_features, const int8_t* w8, const int16_t* w16, const int32_t* bias,
+                               int32_t out_features, int16_t* scratch, int8_t* out_output) {
   int32_t b;
   if (bad_quant(q) || batches <= 0 || in_features <= 0 || out_features <= 0 || scratch == 0) return -1;
   for (b = 0; b < batches; ++b) {
     column_put(scratch, in_features, 0, input + b * in_features, in_features, q->input_offset);
-    dot_rows(q, scratch, in_features, weights, bias, out_features, out_output + b * out_features);
+    dot_rows(q, scratch, in_features, w8, w16, bias, out_features, out_output + b * out_features);
   }
   return 0;
+}
+
+int32_t crtforge_int8_fully_connected(const crtforge_int8_channel_quant* q, const int8_t* input, int32_t batches,
+                                      int32_t in_features, const int8_t* weights, const int32_t* bias,
+                                      int32_t out_features, int16_t* scratch, int8_t* out_output) {
+  if (weights == 0) return -1;
+  return fully_connected(q, input, batches, in_features, weights, 0, bias, out_features, scratch, out_output);
+}
+
+int32_t crtforge_int8_fully_connected_wide(const crtforge_int8_channel_quant* q, const int8_t* input,
+                                           int32_t batches, int32_t in_features, const int16_t* weights,
+                                           const int32_t* bias, int32_t out_features, int16_t* scratch,
+                                           int8_t* out_output) {
+  if (weights == 0) return -1;
+  return fully_connected(q, input, batches, in_features, 0, weights, bias, out_features, scratch, out_output);
 }
 
 static int32_t bad_shape(const crtforge_int8_conv_shape* s) {
@@ -257,34 +368,52 @@ static int32_t bad_shape(const crtforge_int8_conv_shape* s) {
 
 static int32_t bad_dilation(const crtforge_int8_conv_shape* s) { return s->dilation_h <= 0 || s->dilation_w <= 0; }
 
-int32_t crtforge_int8_conv2d(const crtforge_int8_conv_shape* s, const crtforge_int8_channel_quant* q,
-                             const int8_t* input, const int8_t* filter, const int32_t* bias, int16_t* scratch,
-                             int8_t* out_output) {
+static int32_t conv2d(const crtforge_int8_conv_shape* s, const crtforge_int8_channel_quant* q, const int8_t* input,
+                      const int8_t* w8, const int16_t* w16, const int32_t* bias, int16_t* scratch,
+                      int8_t* out_output) {
   int32_t b, oy, ox, fy, fx;
   if (bad_shape(s) || bad_dilation(s) || bad_quant(q) || scratch == 0) return -1;
-  const int32_t k = s->kernel_h * s->kernel_w * s->in_c;
+  /* The shape in locals: every int8 store may alias *s, so reading it in the loops would reload it each time. */
+  const int32_t in_h = s->in_h, in_w = s->in_w, in_c = s->in_c, out_h = s->out_h, out_w = s->out_w;
+  const int32_t out_c = s->out_c, kernel_h = s->kernel_h, kernel_w = s->kernel_w, offset = q->input_offset;
+  const int32_t stride_h = s->stride_h, stride_w = s->stride_w, pad_top = s->pad_top, pad_left = s->pad_left;
+  const int32_t dilation_h = s->dilation_h, dilation_w = s->dilation_w, k = kernel_h * kernel_w * in_c;
+  int8_t* out = out_output;
   for (b = 0; b < s->batches; ++b) {
-    const int8_t* image = input + b * s->in_h * s->in_w * s->in_c;
-    for (oy = 0; oy < s->out_h; ++oy) {
-      for (ox = 0; ox < s->out_w; ++ox) {
+    const int8_t* image = input + b * in_h * in_w * in_c;
+    for (oy = 0; oy < out_h; ++oy) {
+      for (ox = 0; ox < out_w; ++ox, out += out_c) {
         /* The patch in OHWI's inner order (ky, kx, c), so it lines up with each filter row. */
-        for (fy = 0; fy < s->kernel_h; ++fy) {
-          const int32_t iy = oy * s->stride_h - s->pad_top + fy * s->dilation_h;
-          for (fx = 0; fx < s->kernel_w; ++fx) {
-            const int32_t ix = ox * s->stride_w - s->pad_left + fx * s->dilation_w;
-            const int32_t kk0 = (fy * s->kernel_w + fx) * s->in_c;
-            if (iy >= 0 && iy < s->in_h && ix >= 0 && ix < s->in_w)
-              column_put(scratch, k, kk0, image + (iy * s->in_w + ix) * s->in_c, s->in_c, q->input_offset);
+        for (fy = 0; fy < kernel_h; ++fy) {
+          const int32_t iy = oy * stride_h - pad_top + fy * dilation_h;
+          for (fx = 0; fx < kernel_w; ++fx) {
+            const int32_t ix = ox * stride_w - pad_left + fx * dilation_w;
+            const int32_t kk0 = (fy * kernel_w + fx) * in_c;
+            if (iy >= 0 && iy < in_h && ix >= 0 && ix < in_w)
+              column_put(scratch, k, kk0, image + (iy * in_w + ix) * in_c, in_c, offset);
             else
-              column_zero(scratch, k, kk0, s->in_c);
+              column_zero(scratch, k, kk0, in_c);
           }
         }
-        dot_rows(q, scratch, k, filter, bias, s->out_c,
-                 out_output + ((b * s->out_h + oy) * s->out_w + ox) * s->out_c);
+        dot_rows(q, scratch, k, w8, w16, bias, out_c, out);
       }
     }
   }
   return 0;
+}
+
+int32_t crtforge_int8_conv2d(const crtforge_int8_conv_shape* s, const crtforge_int8_channel_quant* q,
+                             const int8_t* input, const int8_t* filter, const int32_t* bias, int16_t* scratch,
+                             int8_t* out_output) {
+  if (filter == 0) return -1;
+  return conv2d(s, q, input, filter, 0, bias, scratch, out_output);
+}
+
+int32_t crtforge_int8_conv2d_wide(const crtforge_int8_conv_shape* s, const crtforge_int8_channel_quant* q,
+                                  const int8_t* input, const int16_t* filter, const int32_t* bias, int16_t* scratch,
+                                  int8_t* out_output) {
+  if (filter == 0) return -1;
+  return conv2d(s, q, input, 0, filter, bias, scratch, out_output);
 }
 
 /* The taps [lo, hi) of one window axis that fall inside the image: output position o, input size n. */
@@ -299,89 +428,96 @@ static void window(int32_t o, int32_t stride, int32_t pad, int32_t dilation, int
 }
 
 #if CRTFORGE_INT8_DSP
-/* Four channels of one tap: a word of inputs and a word of weights, widened by SXTB16 into (c0, c2) and (c1, c3)
- * halves with the input offset added lane-wise, then one 16x16 multiply-accumulate per channel. */
+/* Four channels of one tap: a word of inputs widened by SXTB16 into (c0, c2) and (c1, c3) halves with the input
+ * offset added lane-wise, the filter's two words already in those halves (crtforge_int8_depthwise_conv2d's
+ * layout), then one 16x16 multiply-accumulate per channel. */
 #define DW_TAP4(x, w, off, a0, a1, a2, a3)                                                                       \
   do {                                                                                                         \
-    uint32_t xw_, ww_;                                                                                         \
+    uint32_t xw_, we_, wo_;                                                                                    \
     memcpy(&xw_, (x), 4);                                                                                      \
-    memcpy(&ww_, (w), 4);                                                                                      \
+    memcpy(&we_, (w), 4);                                                                                      \
+    memcpy(&wo_, (w) + 2, 4);                                                                                  \
     const int32_t xe_ = __sadd16(__sxtb16((int32_t)xw_), (int32_t)(off));                                      \
     const int32_t xo_ = __sadd16(sxtb16_odd(xw_), (int32_t)(off));                                             \
-    const int32_t we_ = __sxtb16((int32_t)ww_), wo_ = sxtb16_odd(ww_);                                         \
-    a0 = __smlabb(xe_, we_, a0);                                                                               \
-    a1 = __smlabb(xo_, wo_, a1);                                                                               \
-    a2 = __smlatt(xe_, we_, a2);                                                                               \
-    a3 = __smlatt(xo_, wo_, a3);                                                                               \
+    a0 = __smlabb(xe_, (int32_t)we_, a0);                                                                      \
+    a2 = __smlatt(xe_, (int32_t)we_, a2);                                                                      \
+    a1 = __smlabb(xo_, (int32_t)wo_, a1);                                                                      \
+    a3 = __smlatt(xo_, (int32_t)wo_, a3);                                                                      \
   } while (0)
 #else
 #define DW_TAP4(x, w, off, a0, a1, a2, a3)                                                                       \
   do {                                                                                                         \
     const int8_t* x_ = (x);                                                                                    \
-    const int8_t* w_ = (w);                                                                                    \
+    const int16_t* w_ = (w);                                                                                   \
     a0 += ((int32_t)x_[0] + (off)) * w_[0];                                                                    \
-    a1 += ((int32_t)x_[1] + (off)) * w_[1];                                                                    \
-    a2 += ((int32_t)x_[2] + (off)) * w_[2];                                                                    \
+    a1 += ((int32_t)x_[1] + (off)) * w_[2];                                                                    \
+    a2 += ((int32_t)x_[2] + (off)) * w_[1];                                                                    \
     a3 += ((int32_t)x_[3] + (off)) * w_[3];                                                                    \
   } while (0)
 #endif
 
 int32_t crtforge_int8_depthwise_conv2d(const crtforge_int8_conv_shape* s, const crtforge_int8_channel_quant* q,
-                                       const int8_t* input, const int8_t* filter, const int32_t* bias,
-                                       int8_t* out_output) {
-  int32_t b, oy, ox, c, m, fy, fx;
+                                       const int8_t* input, const int16_t* filter, const int32_t* bias,
+                                       int32_t* scratch, int8_t* out_output) {
+  int32_t b, oy, ox, c, m, ty, fy0, fy1, fx0, fx1;
   if (bad_shape(s) || bad_dilation(s) || bad_quant(q) || s->depth_multiplier <= 0 ||
-      s->out_c != s->in_c * s->depth_multiplier)
+      s->out_c != s->in_c * s->depth_multiplier || scratch == 0)
     return -1;
+  /* The shape in locals: every int8 store may alias *s, so reading it in the loops would reload it each time. */
   const requant_t rq = requant_of(q, bias);
-  const int32_t mult = s->depth_multiplier, in_c = s->in_c, out_c = s->out_c, offset = q->input_offset;
+  const int32_t in_h = s->in_h, in_w = s->in_w, in_c = s->in_c, out_h = s->out_h, out_w = s->out_w;
+  const int32_t out_c = s->out_c, kernel_h = s->kernel_h, kernel_w = s->kernel_w, mult = s->depth_multiplier;
+  const int32_t stride_h = s->stride_h, stride_w = s->stride_w, pad_top = s->pad_top, pad_left = s->pad_left;
+  const int32_t dilation_h = s->dilation_h, dilation_w = s->dilation_w, offset = q->input_offset;
   /* With one filter per channel, input and output channels line up: four at a time (see DW_TAP4). */
   const int32_t blocked = mult == 1 ? in_c & ~3 : 0;
-  const int32_t x_step = s->dilation_w * in_c;
+  const int32_t x_step = dilation_w * in_c, x_row = dilation_h * in_w * in_c, w_row = kernel_w * out_c;
 #if CRTFORGE_INT8_DSP
   const uint32_t off = ((uint32_t)(uint16_t)offset << 16) | (uint16_t)offset;
 #else
   const int32_t off = offset;
 #endif
   for (b = 0; b < s->batches; ++b) {
-    const int8_t* image = input + b * s->in_h * s->in_w * in_c;
-    for (oy = 0; oy < s->out_h; ++oy) {
-      int32_t fy0, fy1;
-      window(oy, s->stride_h, s->pad_top, s->dilation_h, s->kernel_h, s->in_h, &fy0, &fy1);
-      const int32_t iy0 = oy * s->stride_h - s->pad_top;
-      for (ox = 0; ox < s->out_w; ++ox) {
-        int32_t fx0, fx1;
-        window(ox, s->stride_w, s->pad_left, s->dilation_w, s->kernel_w, s->in_w, &fx0, &fx1);
-        const int32_t ix0 = ox * s->stride_w - s->pad_left;
-        int8_t* out = out_output + ((b * s->out_h + oy) * s->out_w + ox) * out_c;
+    const int8_t* image = input + b * in_h * in_w * in_c;
+    int8_t* out = out_output + b * out_h * out_w * out_c;
+    for (oy = 0; oy < out_h; ++oy) {
+      window(oy, stride_h, pad_top, dilation_h, kernel_h, in_h, &fy0, &fy1);
+      const int32_t iy0 = oy * stride_h - pad_top + fy0 * dilation_h;
+      for (ox = 0; ox < out_w; ++ox, out += out_c) {
+        window(ox, stride_w, pad_left, dilation_w, kernel_w, in_w, &fx0, &fx1);
+        /* The first tap inside the image, its filter entry, and the window's extent in taps. */
+        const int8_t* const x_first = image + (iy0 * in_w + ox * stride_w - pad_left + fx0 * dilation_w) * in_c;
+        const int16_t* const w_first = filter + (fy0 * kernel_w + fx0) * out_c;
+        const int32_t rows = fy1 - fy0, w_span = (fx1 - fx0) * out_c;
         for (c = 0; c < blocked; c += 4) {
           /* Accumulators in registers: the macro, not a function taking an array, keeps them there. */
           int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-          for (fy = fy0; fy < fy1; ++fy) {
-            const int8_t* x = image + ((iy0 + fy * s->dilation_h) * s->in_w + ix0 + fx0 * s->dilation_w) * in_c + c;
-            const int8_t* w = filter + (fy * s->kernel_w + fx0) * out_c + c;
-            for (fx = fx0; fx < fx1; ++fx, x += x_step, w += out_c) DW_TAP4(x, w, off, a0, a1, a2, a3);
+          const int8_t* xr = x_first + c;
+          const int16_t* wr = w_first + c;
+          for (ty = 0; ty < rows; ++ty, xr += x_row, wr += w_row) {
+            const int8_t* x = xr;
+            const int16_t* w = wr;
+            const int16_t* const w_end = wr + w_span;
+            for (; w < w_end; x += x_step, w += out_c) DW_TAP4(x, w, off, a0, a1, a2, a3);
           }
-          out[c] = finish(a0, &rq, c);
-          out[c + 1] = finish(a1, &rq, c + 1);
-          out[c + 2] = finish(a2, &rq, c + 2);
-          out[c + 3] = finish(a3, &rq, c + 3);
+          scratch[c] = a0;
+          scratch[c + 1] = a1;
+          scratch[c + 2] = a2;
+          scratch[c + 3] = a3;
         }
         for (c = blocked / mult; c < in_c; ++c) {
           for (m = 0; m < mult; ++m) {
             const int32_t oc = c * mult + m;
-            int32_t acc = 0;
-            for (fy = fy0; fy < fy1; ++fy) {
-              const int32_t iy = iy0 + fy * s->dilation_h;
-              for (fx = fx0; fx < fx1; ++fx) {
-                const int32_t ix = ix0 + fx * s->dilation_w;
-                acc += (int32_t)filter[(fy * s->kernel_w + fx) * out_c + oc] *
-                       ((int32_t)image[(iy * s->in_w + ix) * in_c + c] + offset);
-              }
+            int32_t acc = 0, fx;
+            for (ty = 0; ty < rows; ++ty) {
+              const int8_t* x = x_first + ty * x_row + c;
+              const int16_t* w = w_first + ty * w_row + oc;
+              for (fx = fx0; fx < fx1; ++fx, x += x_step, w += out_c) acc += (int32_t)*w * ((int32_t)*x + offset);
             }
-            out[oc] = finish(acc, &rq, oc);
+            scratch[oc] = acc;
           }
         }
+        finish_row(scratch, out_c, &rq, 0, out);
       }
     }
   }

@@ -110,6 +110,22 @@ def _multiplier_arrays(reals: list[float]) -> tuple[np.ndarray, np.ndarray]:
     return (np.array([q.multiplier for q in qs], dtype=np.int32), np.array([q.shift for q in qs], dtype=np.int32))
 
 
+def fast_requant(multipliers: np.ndarray, shifts: np.ndarray) -> np.ndarray | None:
+    """The kernels' one-multiply requantisation table, [channels][4] int32: nudge low word, nudge high word,
+    multiplier, shift of the high word (see crtforge_int8_channel_quant.fast). Exact for right shifts of 1 to 31,
+    which nearly every FC/conv has; None when a channel has another shift (the kernels then take TFLite's two
+    roundings as written)."""
+    m = np.asarray(multipliers, dtype=np.int64)
+    e = -np.asarray(shifts, dtype=np.int64)
+    if e.size == 0 or e.min() < 1 or e.max() > 31:
+        return None
+    # srdhm's nudge 2^30 plus RoundingDivideByPOT's 2^(e-1), both moved above the product's 31 fraction bits.
+    nudge = (1 << 30) + (1 << (30 + e))
+    lo = (nudge & 0xFFFFFFFF).astype(np.uint32).view(np.int32)
+    hi = (nudge >> 32).astype(np.int32)
+    return np.stack([lo, hi, m.astype(np.int32), (e - 1).astype(np.int32)], axis=1)
+
+
 def activation_range(activation: Activation, scale: float, zero_point: int) -> tuple[int, int]:
     """TFLite's CalculateActivationRangeQuantized: zp + round(f / scale) with the division in float32."""
     def quantize(f: float) -> int:
@@ -177,6 +193,31 @@ def padding(in_size: int, filter_size: int, stride: int, dilation: int, same: bo
         out = (in_size - effective + stride) // stride
     before = max(((out - 1) * stride + effective - in_size) // 2, 0)
     return Padding(out, before)
+
+
+def pack_weights_wide(matrix: np.ndarray) -> np.ndarray:
+    """pack_weights' layout widened to int16 (crtforge_int8_fully_connected_wide, crtforge_int8_conv2d_wide), each
+    whole quad of k reordered k0 k2 k1 k3 like the kernels' input column, so one SMLAD takes a weight word as is."""
+    w = np.ascontiguousarray(matrix, dtype=np.int8)
+    if w.ndim != 2:
+        raise ValueError(f"pack_weights_wide wants a [rows][k] matrix, got shape {w.shape}")
+    whole = w.shape[1] - w.shape[1] % 4
+    quads = w[:, :whole].reshape(w.shape[0], -1, 4)[..., [0, 2, 1, 3]].reshape(w.shape[0], whole)
+    return pack_weights(np.concatenate([quads, w[:, whole:]], axis=1)).astype(np.int16)
+
+
+def pack_depthwise(filt: np.ndarray, depth_multiplier: int) -> np.ndarray:
+    """The filter layout of crtforge_int8_depthwise_conv2d: TFLite's [KH][KW][C*M] widened to int16, and with one
+    filter per channel each whole quad of channels reordered (c0, c2, c1, c3), the halves SXTB16 makes of a word
+    of inputs; the in_c % 4 last channels (and every channel when M > 1) stay in order."""
+    w = np.asarray(filt).astype(np.int16)
+    if w.ndim != 3:
+        raise ValueError(f"pack_depthwise wants a [KH][KW][C*M] filter, got shape {w.shape}")
+    if depth_multiplier == 1:
+        blocked = w.shape[2] - w.shape[2] % 4
+        quads = w[:, :, :blocked].reshape(w.shape[0], w.shape[1], -1, 4)[..., [0, 2, 1, 3]]
+        w = np.concatenate([quads.reshape(w.shape[0], w.shape[1], blocked), w[:, :, blocked:]], axis=2)
+    return np.ascontiguousarray(w)
 
 
 def pack_weights(matrix: np.ndarray) -> np.ndarray:

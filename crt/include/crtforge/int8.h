@@ -14,10 +14,10 @@
  * except by avg_pool2d, which finds an empty window only when it reaches it, as TFLite does).
  *
  * Builds: portable C11. Where __ARM_FEATURE_DSP is defined (Cortex-M4/M7/M33 with DSP) fully connected and
- * conv2d use SMLAD (2 MACs per instruction) on a register block of 4 output channels x 4 k; the results
- * are identical to the portable build's. Depthwise, add, mul and the pools are portable code in both.
- * Signed right shifts are assumed arithmetic (gcc, clang). Not provided: softmax, broadcasting add/mul,
- * grouped conv.
+ * conv2d use SMLAD (2 MACs per instruction) on a register block of 4 output channels x 4 k, and depthwise
+ * conv2d SMLABB/SMLATT on 4 channels at a time; the results are identical to the portable build's. Add, mul
+ * and the pools are portable code in both. Signed right shifts are assumed arithmetic (gcc, clang).
+ * Not provided: broadcasting add/mul, grouped conv.
  */
 #ifndef CRTFORGE_INT8_H_
 #define CRTFORGE_INT8_H_
@@ -53,6 +53,13 @@ typedef struct crtforge_int8_channel_quant {
   const int32_t* multiplier; /**< [out channels], or [1] when per_channel is 0; each in [0, 2^31 - 1] */
   const int32_t* shift;      /**< same length as multiplier; > 0 is a left shift */
   int32_t per_channel;       /**< nonzero: one multiplier/shift per output channel */
+  /** NULL, or the same requantisation as one multiply, [len(multiplier)][4] int32 from tasks/compile/quantize.py
+   *  `fast_requant` (every shift in [-31, -1]): nudge low word, nudge high word, multiplier, high shift. Then
+   *  requant(acc) = high32(nudge - (acc < 0 ? 2^31 : 0) + acc * multiplier) >> high shift, which equals TFLite's
+   *  two roundings (srdhm, then RoundingDivideByPOT by e = -shift) for every int32 acc: the nudge is
+   *  2^30 + 2^(30+e), both roundings' halves moved above the product's 31 fraction bits, and the 2^31 taken for
+   *  a negative acc is RoundingDivideByPOT's tie toward zero. One SMLAL instead of about fifteen instructions. */
+  const int32_t* fast;
 } crtforge_int8_channel_quant;
 
 /** Packed weights: the layout fully connected and conv2d read (both builds), made by
@@ -65,6 +72,9 @@ typedef struct crtforge_int8_channel_quant {
 
 /** Scratch for fully connected and conv2d: the offset input column as int16, k entries. */
 #define CRTFORGE_INT8_SCRATCH_BYTES(k) ((uint32_t)(k) * 2u)
+
+/** Scratch for depthwise conv2d: one output pixel's int32 sums, requantised together. */
+#define CRTFORGE_INT8_DEPTHWISE_SCRATCH_BYTES(out_c) ((uint32_t)(out_c) * 4u)
 
 /**
  * Fully connected (TFLite FULLY_CONNECTED, keep_num_dims irrelevant): y[b][n] = requant(sum_k w[n][k] *
@@ -79,6 +89,14 @@ typedef struct crtforge_int8_channel_quant {
 int32_t crtforge_int8_fully_connected(const crtforge_int8_channel_quant* q, const int8_t* input, int32_t batches,
                                       int32_t in_features, const int8_t* weights, const int32_t* bias,
                                       int32_t out_features, int16_t* scratch, int8_t* out_output);
+
+/** Fully connected with the weights widened to int16 (quantize.py `pack_weights_wide`: pack_weights' layout with
+ *  int16 entries, each whole quad of k in the order k0 k2 k1 k3, the column's): no widening in the inner loop,
+ *  for twice the weights' bytes; the build picks it for small layers. Arguments as crtforge_int8_fully_connected. */
+int32_t crtforge_int8_fully_connected_wide(const crtforge_int8_channel_quant* q, const int8_t* input,
+                                           int32_t batches, int32_t in_features, const int16_t* weights,
+                                           const int32_t* bias, int32_t out_features, int16_t* scratch,
+                                           int8_t* out_output);
 
 /** Geometry of conv2d, depthwise conv2d and the pools (NHWC). Padding is given by its top/left amount; taps
  *  outside the image are skipped (TFLite's rule, equal to padding with the input zero point). */
@@ -108,18 +126,29 @@ int32_t crtforge_int8_conv2d(const crtforge_int8_conv_shape* s, const crtforge_i
                              const int8_t* input, const int8_t* filter, const int32_t* bias, int16_t* scratch,
                              int8_t* out_output);
 
+/** Conv2d with the filter widened to int16 (`pack_weights_wide`, as crtforge_int8_fully_connected_wide). */
+int32_t crtforge_int8_conv2d_wide(const crtforge_int8_conv_shape* s, const crtforge_int8_channel_quant* q,
+                                  const int8_t* input, const int16_t* filter, const int32_t* bias, int16_t* scratch,
+                                  int8_t* out_output);
+
 /**
  * Depthwise conv2d (TFLite DEPTHWISE_CONV_2D): output channel c * depth_multiplier + m reads input channel c.
  * \param[in]  s          geometry; out_c == in_c * depth_multiplier
  * \param[in]  q          requantisation (per output channel)
  * \param[in]  input      [batches][in_h][in_w][in_c]
- * \param[in]  filter     [kernel_h][kernel_w][out_c] (TFLite's [1][KH][KW][C*M]), not packed
+ * \param[in]  filter     [kernel_h][kernel_w][out_c] (TFLite's [1][KH][KW][C*M]) widened to int16, 4-byte aligned,
+ *                        made by tasks/compile/quantize.py `pack_depthwise`: when depth_multiplier is 1, each
+ *                        whole quad of channels of a tap holds (c0, c2, c1, c3), the halves that SXTB16 makes of
+ *                        a word of inputs; the in_c % 4 last channels, and every channel when
+ *                        depth_multiplier > 1, in natural order. Why int16: no widening in the loop, for twice
+ *                        the (small) filter's bytes.
  * \param[in]  bias       [out_c] or NULL
+ * \param[in]  scratch    CRTFORGE_INT8_DEPTHWISE_SCRATCH_BYTES(out_c) bytes, 4-byte aligned: one pixel's sums
  * \param[out] out_output [batches][out_h][out_w][out_c]
  */
 int32_t crtforge_int8_depthwise_conv2d(const crtforge_int8_conv_shape* s, const crtforge_int8_channel_quant* q,
-                                       const int8_t* input, const int8_t* filter, const int32_t* bias,
-                                       int8_t* out_output);
+                                       const int8_t* input, const int16_t* filter, const int32_t* bias,
+                                       int32_t* scratch, int8_t* out_output);
 
 /* --- elementwise -------------------------------------------------------------------------------------- */
 
