@@ -341,14 +341,24 @@ def run_tflm(tflite: bytes, inputs: list[np.ndarray]) -> np.ndarray:
     return interp.get_output(0)
 
 
-def softmax(seed: int, shape: tuple[int, ...]) -> tuple[bytes, np.ndarray]:
-    """An int8 SOFTMAX (output scale 1/256, zero point -128, as TFLite requires): an op crtforge has no integer
-    kernel for, so it runs through TVM's float path."""
+def softmax(seed: int, shape: tuple[int, ...], beta: float = 1.0) -> tuple[bytes, np.ndarray]:
+    """An int8 SOFTMAX (output scale 1/256, zero point -128, as TFLite requires)."""
     rng = np.random.default_rng(seed)
     s, zp = np.float32(10.0 ** rng.uniform(-2, -1)), _zero_point(rng)
     g = _Graph()
     xi = g.add(_Tensor(shape, fb.TensorType.INT8, [s], [zp]))
     yi = g.add(_Tensor(shape, fb.TensorType.INT8, [1.0 / 256.0], [-128]))
     opt = fb.SoftmaxOptionsT()
-    opt.beta = 1.0
+    opt.beta = beta
     return g.to_bytes(fb.BuiltinOperator.SOFTMAX, fb.BuiltinOptions.SoftmaxOptions, opt, [xi], [yi]), _int8(rng, shape)
+
+
+def logistic(seed: int, shape: tuple[int, ...]) -> tuple[bytes, np.ndarray]:
+    """An int8 LOGISTIC (output scale 1/256, zero point -128, as TFLite requires): an op crtforge has no integer
+    kernel for, so it runs through TVM's float path."""
+    rng = np.random.default_rng(seed)
+    s, zp = np.float32(10.0 ** rng.uniform(-2, -1)), _zero_point(rng)
+    g = _Graph()
+    xi = g.add(_Tensor(shape, fb.TensorType.INT8, [s], [zp]))
+    yi = g.add(_Tensor(shape, fb.TensorType.INT8, [1.0 / 256.0], [-128]))
+    return g.to_bytes(fb.BuiltinOperator.LOGISTIC, fb.BuiltinOptions.NONE, None, [xi], [yi]), _int8(rng, shape)

@@ -33,17 +33,18 @@ CASES = {
     "add-n1to1": m.random_binary(23, "ADD", (1, 9), A.RELU_N1_TO_1).tflite,
     "avg": m.random_pool(19, "AVERAGE_POOL_2D", (1, 7, 7, 3), (3, 3), (2, 2), True, A.NONE).tflite,
     "max": m.random_pool(20, "MAX_POOL_2D", (1, 6, 6, 2), (2, 2), (2, 2), False, A.RELU).tflite,
+    "softmax": m.softmax(21, (3, 12))[0],
 }
 TARGETS = {"host": target("host"), "cortex-m4": target("cortex-m4", "llvm", "arm-none-eabi-gcc", "mps2-an386"),
            "cortex-m3": target("cortex-m3", "c", "arm-none-eabi-gcc", "mps2-an385")}
-SOFTMAX_TFLITE, _ = m.softmax(21, (1, 10))
+LOGISTIC_TFLITE, _ = m.logistic(21, (1, 10))
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("int8")
     models = ""
-    for name, data in {**CASES, "softmax": SOFTMAX_TFLITE}.items():
+    for name, data in {**CASES, "logistic": LOGISTIC_TFLITE}.items():
         (root / f"{name}.tflite").write_bytes(data)
         models += f'[models.{name}]\nsource = "{name}.tflite"\n'
     pipeline = root / "pipeline.toml"
@@ -90,15 +91,15 @@ def test_int8_ops_run_integer_and_activations_stay_int8(built):
 
 def test_an_op_without_an_integer_kernel_runs_as_float_and_says_so(built):
     root, _ = built
-    plan = fsutil.read_json(_files(root, "host", "softmax").plan_json)
+    plan = fsutil.read_json(_files(root, "host", "logistic").plan_json)
     assert plan["ops"]["integer"] == {} and plan["ops"]["tvm_float"]
-    assert any("softmax" in k for k in plan["ops"]["tvm_float"])
-    row = next(line for line in (root / "out" / "results.md").read_text().splitlines() if "| softmax" in line)
+    assert any("sigmoid" in k for k in plan["ops"]["tvm_float"])
+    row = next(line for line in (root / "out" / "results.md").read_text().splitlines() if "| logistic" in line)
     assert row.rstrip().endswith(f"float:{len(plan['ops']['tvm_float'])} |")
     # crt's int8 kernels go into the libraries that call them, and only those (the model flash counts them).
     members = lambda f: subprocess.run(["ar", "t", str(f.library)], capture_output=True, text=True,  # noqa: E731
                                        check=True).stdout.split()
-    assert "crt_int8.o" not in members(_files(root, "host", "softmax"))
+    assert "crt_int8.o" not in members(_files(root, "host", "logistic"))
     assert "crt_int8.o" in members(_files(root, "host", "add"))
 
 
@@ -167,3 +168,15 @@ def test_default_pipeline_int8_models_match_tflm_on_the_host(tmp_path):
     assert c.count("status = crtforge_int8_fully_connected_wide(") == 1
     # Two int8 activations of 512 and the int16 input column (1,024 bytes), not float32 tensors.
     assert fsutil.read_json(_files(tmp_path, "host", "mlp-int8").plan_json)["arena_bytes"] == 2048
+
+
+def test_softmax_beta_other_than_one_is_refused(tmp_path):
+    """TVM's TFLite frontend drops SOFTMAX's beta; the importer refuses the model instead of building softmax(x)."""
+    from tasks.frontend.importer import ModelImportError, load_relax
+
+    path = tmp_path / "beta2.tflite"
+    path.write_bytes(m.softmax(24, (1, 10), beta=2.0)[0])
+    with pytest.raises(ModelImportError, match=r"beta2\.tflite: SOFTMAX \(operator #0\) has beta 2; .*HINT: fold beta"):
+        load_relax(path)
+    path.write_bytes(m.softmax(24, (1, 10), beta=1.0)[0])
+    assert load_relax(path) is not None

@@ -608,3 +608,180 @@ int32_t crtforge_int8_max_pool2d(const crtforge_int8_conv_shape* s, int32_t act_
                                  const int8_t* input, int8_t* out_output) {
   return pool2d(s, act_min, act_max, input, out_output, 1);
 }
+
+/* --- softmax ------------------------------------------------------------------------------------------- */
+
+/* Written from TFLite's reference_ops::Softmax loop, GetReciprocal and MultiplyByQuantizedMultiplierGreaterThanOne,
+ * and gemmlowp's fixed-point exp_on_negative_values and one_over_one_plus_x_for_x_in_0_1. Fixed-point values are
+ * plain int32; a name's Qm.n says where the binary point is (m integer bits, n = 31 - m fractional bits). Every
+ * rounding copies gemmlowp's, since a single differing last bit can move an output by one step. srdhm_unsaturated
+ * is safe in every call here: each has an operand that is a constant, an exp or the reciprocal (>= 0), the input
+ * multiplier (checked >= 0), a power of x in [-1/8, 1/8) or a Newton-Raphson iterate near [1, 2] in Q2.29.
+ * Like TFLM, each exp is computed twice (once for the sum, once for the output): keeping them would need a
+ * depth-sized int32 scratch, and the kernel is meant to need nothing but its input and output. */
+
+/* x * 2^exponent, saturated to int32: gemmlowp's SaturatingRoundingMultiplyByPOT for exponent in [1, 30], the
+ * move to a format with `exponent` fewer integer bits (its Rescale). */
+static inline int32_t saturating_multiply_by_pot(int32_t x, int32_t exponent) {
+  const int32_t threshold = (int32_t)((1u << (31 - exponent)) - 1u);
+  if (x > threshold) return INT32_MAX;
+  if (x < -threshold) return INT32_MIN;
+  return (int32_t)((uint32_t)x << exponent); /* fits: |x| < 2^(31 - exponent) */
+}
+
+/* --- exp(x) for x <= 0 ------------------------------------------------------------------------------------- */
+
+/* exp(a) for a in [-1/4, 0), a and the result in Q0.31: gemmlowp's Taylor expansion around -1/8 to the 4th
+ * order, with x = a + 1/8: exp(-1/8) * (1 + x + x^2/2 + x^3/6 + x^4/24), where the last three terms are
+ * evaluated as ((x^4/4 + x^3) / 3 + x^2) / 2 so each step stays in [-1, 1). */
+static inline int32_t exp_on_minus_quarter_to_zero(int32_t a) {
+  const int32_t exp_of_minus_one_eighth = 1895147668; /* exp(-1/8) in Q0.31 */
+  const int32_t one_third = 715827883;                /* 1/3 in Q0.31 */
+  const int32_t x = a + (1 << 28);                    /* + 1/8 */
+  const int32_t x2 = srdhm_unsaturated(x, x);
+  const int32_t x3 = srdhm_unsaturated(x2, x);
+  const int32_t x4 = srdhm_unsaturated(x2, x2);
+  const int32_t x4_over_4 = rounding_divide_by_pot(x4, 2);
+  const int32_t higher_terms = rounding_divide_by_pot(srdhm_unsaturated(x4_over_4 + x3, one_third) + x2, 1);
+  return exp_of_minus_one_eighth + srdhm_unsaturated(exp_of_minus_one_eighth, x + higher_terms);
+}
+
+/* exp(-2^k) in Q0.31 for k = -2 .. 4: the factors of the barrel shifter below (gemmlowp's constants). */
+static const int32_t exp_of_minus_power_of_two[7] = {1672461947, 1302514674, 790015084, 290630308,
+                                                     39332535,   720401,     242};
+
+/* exp(a) for a in (-32, 0], a in Q5.26, the result in Q0.31: gemmlowp's exp_on_negative_values for 5 integer
+ * bits. a = r - q with r in [-1/4, 0) and q a non-negative multiple of 1/4 below 32; exp(r) by the polynomial,
+ * then one factor exp(-2^k) for each bit k set in q (bits 24..30 of the Q5.26 raw value are 1/4 .. 16).
+ * exp(0) is the largest Q0.31 value, INT32_MAX (gemmlowp's One() for 0 integer bits). */
+static inline int32_t exp_on_negative_q5_26(int32_t a) {
+  const int32_t quarter = 1 << 24; /* 1/4 in Q5.26 */
+  const int32_t r = (a & (quarter - 1)) - quarter;
+  const int32_t multiples_of_quarter = r - a;
+  int32_t result, k;
+  if (a == 0) return INT32_MAX;
+  /* r in [-2^24, 0) in Q5.26 is [-2^29, 0) in Q0.31: the saturating move cannot saturate on this range. */
+  result = exp_on_minus_quarter_to_zero(saturating_multiply_by_pot(r, 5));
+  for (k = 0; k < 7; ++k) {
+    if (multiples_of_quarter & (quarter << k)) result = srdhm_unsaturated(result, exp_of_minus_power_of_two[k]);
+  }
+  return result;
+}
+
+/* --- 1 / sum ----------------------------------------------------------------------------------------------- */
+
+/* 1 / (1 + a) for a in [0, 1), a and the result in Q0.31: gemmlowp's one_over_one_plus_x_for_x_in_0_1, three
+ * Newton-Raphson steps on d = (1 + a) / 2 in [1/2, 1) from the start 48/17 - 32/17 * d, all in Q2.29.
+ * The start (1 + a + 1) / 2: gemmlowp's RoundingHalfSum(a, One()) = (a + 2^31 - 1 + 1) / 2 for a sum >= 0,
+ * which fits in uint32 (no 64-bit division needed). */
+static inline int32_t one_over_one_plus_x(int32_t a) {
+  const int32_t half_denominator = (int32_t)(((uint32_t)a + 0x80000000u) >> 1);
+  const int32_t one_q2_29 = 1 << 29;
+  int32_t x = 1515870810 + srdhm_unsaturated(half_denominator, -1010580540); /* 48/17 - 32/17 * d in Q2.29 */
+  int32_t i;
+  for (i = 0; i < 3; ++i) {
+    const int32_t error = one_q2_29 - srdhm_unsaturated(half_denominator, x); /* 1 - d * x, Q2.29 */
+    x += saturating_multiply_by_pot(srdhm_unsaturated(x, error), 2);         /* x * error is Q4.27: to Q2.29 */
+  }
+  /* x ~ 1 / d = 2 / (1 + a) in Q2.29 is 1 / (1 + a) in Q1.30; to Q0.31 (a = 0 gives 1, which saturates to
+   * INT32_MAX). */
+  return saturating_multiply_by_pot(x, 1);
+}
+
+/* Leading zero bits of x > 0 (CLZ on ARMv7-M and most hosts). */
+static inline int32_t count_leading_zeros(uint32_t x) {
+#if defined(__GNUC__) || defined(__clang__)
+  return (int32_t)__builtin_clz(x);
+#else
+  int32_t n = 0;
+  while (!(x & 0x80000000u)) {
+    x <<= 1;
+    ++n;
+  }
+  return n;
+#endif
+}
+
+/* TFLite's GetReciprocal for a Q12.19 sum > 0: sum = 2^bits_over_unit * (1 + f) with f in [0, 1), so
+ * 1 / sum = (1 / (1 + f)) / 2^bits_over_unit; returns 1 / (1 + f) in Q0.31 and stores bits_over_unit. */
+static inline int32_t reciprocal_of_sum(int32_t sum_q12_19, int32_t* bits_over_unit) {
+  const int32_t headroom_plus_one = count_leading_zeros((uint32_t)sum_q12_19);
+  /* (sum << headroom_plus_one) is 1 + f in Q1.31, unsigned; minus 1 leaves f in Q0.31. */
+  const int32_t f = (int32_t)(((uint32_t)sum_q12_19 << headroom_plus_one) - 0x80000000u);
+  *bits_over_unit = 12 - headroom_plus_one;
+  return one_over_one_plus_x(f);
+}
+
+/* --- the kernel -------------------------------------------------------------------------------------------- */
+
+/* beta * s_in * diff in Q5.26: TFLite's MultiplyByQuantizedMultiplierGreaterThanOne with its default double
+ * rounding, srdhm_unsaturated(diff * 2^left_shift, multiplier). diff >= diff_min keeps |diff| * 2^left_shift <= 31 * 2^26,
+ * so the shift never overflows and the result is in (-32, 0]. Shifted as unsigned: a negative left shift is
+ * undefined in C. */
+static inline int32_t scale_difference(int32_t diff, int32_t multiplier, int32_t left_shift) {
+  return srdhm_unsaturated((int32_t)((uint32_t)diff << left_shift), multiplier);
+}
+
+/* The constants copied into locals: the kernel stores int8 outputs, which may alias anything, so reading
+ * through the caller's struct would reload every field after every store. */
+typedef struct {
+  int32_t multiplier, left_shift, diff_min;
+} softmax_t;
+
+static inline int32_t exp_of_difference(const softmax_t* s, int32_t diff) {
+  return exp_on_negative_q5_26(scale_difference(diff, s->multiplier, s->left_shift));
+}
+
+static int8_t row_max(const int8_t* x, int32_t depth) {
+  int8_t m = INT8_MIN;
+  int32_t c;
+  for (c = 0; c < depth; ++c) m = x[c] > m ? x[c] : m;
+  return m;
+}
+
+/* Sum of exp(diff) over the row in Q12.19: each Q0.31 exp rounded to Q12.19 first (gemmlowp's Rescale<12>),
+ * as TFLite adds them. >= 2^19 (the maximum's exp(0) alone) and < 2^31 for depth <= MAX_DEPTH. */
+static int32_t row_sum_of_exps(const softmax_t* s, const int8_t* x, int32_t depth, int32_t max) {
+  int32_t sum = 0, c;
+  for (c = 0; c < depth; ++c) {
+    const int32_t diff = (int32_t)x[c] - max;
+    if (diff >= s->diff_min) sum += rounding_divide_by_pot(exp_of_difference(s, diff), 12);
+  }
+  return sum;
+}
+
+static void softmax_row(const softmax_t* s, const int8_t* x, int32_t depth, int8_t* out) {
+  const int32_t max = row_max(x, depth);
+  int32_t bits_over_unit, c;
+  const int32_t reciprocal = reciprocal_of_sum(row_sum_of_exps(s, x, depth, max), &bits_over_unit);
+  /* exp * reciprocal is p * 2^bits_over_unit in Q0.31; p * 256 needs a division by 2^(31 - 8 + bits_over_unit).
+   * That exponent is in [23, 34]: above 31 (a sum >= 512) every p is <= 1/512 and rounds to 0 (TFLM stops on
+   * its TFLITE_CHECK there instead). */
+  const int32_t exponent = bits_over_unit + 31 - 8;
+  for (c = 0; c < depth; ++c) {
+    const int32_t diff = (int32_t)x[c] - max;
+    int32_t y = INT8_MIN; /* exp below diff_min counts as 0 */
+    if (diff >= s->diff_min && exponent <= 31) {
+      /* The rounded p * 256 is in [0, 256]: minus 128, only 256 (p rounding to 1) needs the clamp. */
+      y = rounding_divide_by_pot(srdhm_unsaturated(reciprocal, exp_of_difference(s, diff)), exponent) + INT8_MIN;
+      if (y > INT8_MAX) y = INT8_MAX;
+    }
+    out[c] = (int8_t)y;
+  }
+}
+
+int32_t crtforge_int8_softmax(const crtforge_int8_softmax_params* p, const int8_t* input, int32_t rows,
+                              int32_t depth, int8_t* out_output) {
+  softmax_t s;
+  int32_t r;
+  if (p == 0 || input == 0 || out_output == 0 || rows <= 0 || depth <= 0 ||
+      depth > CRTFORGE_INT8_SOFTMAX_MAX_DEPTH)
+    return -1;
+  /* diff_min > 0 would drop the maximum itself and leave a zero sum with no reciprocal. */
+  if (p->input_multiplier < 0 || p->input_left_shift < 0 || p->input_left_shift > 31 || p->diff_min > 0) return -1;
+  s.multiplier = p->input_multiplier;
+  s.left_shift = p->input_left_shift;
+  s.diff_min = p->diff_min;
+  for (r = 0; r < rows; ++r) softmax_row(&s, input + r * depth, depth, out_output + r * depth);
+  return 0;
+}

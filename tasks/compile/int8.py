@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from tasks.compile import int8_softmax as sm
 from tasks.compile import quantize as qz
 from tasks.compile.quantize import Activation
 from tasks.errors import CrtforgeError
@@ -72,6 +73,8 @@ def _patterns() -> list[tuple[str, Any]]:
         mx = is_op("relax.nn.max_pool2d")(wildcard())
         for name, pool in (("avg_pool2d", avg), ("max_pool2d", mx)):
             out.append((name, is_op("relax.clip")(pool, wildcard(), wildcard()) if clip else pool))
+    # SOFTMAX has no fused activation. (TVM's frontend drops beta; the importer refuses a beta other than 1.)
+    out.append(("softmax", _requantize(is_op("relax.nn.softmax")(_dequantize(wildcard())), False)))
     return out
 
 
@@ -427,6 +430,29 @@ def _pool(symbol: str, r: _Reader, name: str) -> Int8Kernel:
     return Int8Kernel(symbol, op, summary, 1, (), (_shape_struct(symbol, geo),), call, 0, f"crtforge_int8_{name}")
 
 
+def _softmax(symbol: str, r: _Reader) -> Int8Kernel:
+    quant_call, out_q, _, _ = _requant_tail(r)
+    soft = r.arg(quant_call, 0)
+    x_deq = r.arg(soft, 0)
+    x, y = x_deq.args[0], r.result
+    _check_int8({"input": x, "output": y})
+    shape = _shape(x)
+    if int(soft.attrs.axis) not in (-1, len(shape) - 1):
+        raise Int8Error(f"softmax over axis {soft.attrs.axis}; TFLite's is the last")
+    try:
+        sm.check_output_quantization(out_q.scale, out_q.zero_point)
+    except ValueError as e:
+        raise Int8Error(str(e)) from None
+    depth, rows = shape[-1], int(np.prod(shape[:-1]))
+    if depth > sm.MAX_DEPTH:
+        raise Int8Error(f"softmax depth {depth} is above the kernel's {sm.MAX_DEPTH}")
+    p = sm.softmax_params(_dequant_params(r, x_deq).scale, 1.0)
+    fields = ", ".join(f".{k} = {v}" for k, v in vars(p).items())
+    static = f"static const crtforge_int8_softmax_params {symbol}_p = {{{fields}}};"
+    call = f"crtforge_int8_softmax(&{symbol}_p, (const int8_t*)x0->data, {rows}, {depth}, (int8_t*)y->data)"
+    return Int8Kernel(symbol, "SOFTMAX", f"{rows} rows of {depth}", 1, (), (static,), call, 0, "crtforge_int8_softmax")
+
+
 def _composite(func) -> tuple[str, Any]:
     """The pattern name and the inner composite function of an outer function RunCodegen receives."""
     from tvm import relax
@@ -459,6 +485,8 @@ def _describe(name: str, r: _Reader, symbol: str) -> Int8Kernel:
             return _binary(symbol, r, name)
         if name in ("avg_pool2d", "max_pool2d"):
             return _pool(symbol, r, name)
+        if name == "softmax":
+            return _softmax(symbol, r)
     except Int8Error as e:
         raise Int8Error(f"{symbol} ({name}): {e}") from None
     raise Int8Error(f"{symbol}: unknown pattern '{name}'")

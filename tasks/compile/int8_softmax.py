@@ -1,4 +1,4 @@
-"""Build-time constants of crtforge's int8 SOFTMAX (crt/include/crtforge/int8_softmax.h), computed exactly as TFLite does.
+"""Build-time constants of crtforge's int8 SOFTMAX (crt/include/crtforge/int8.h), computed exactly as TFLite does.
 
 TFLite Micro's SoftmaxPrepare (softmax_common.cc) turns beta and the float32 input scale into a Q5.26 input
 multiplier with PreprocessSoftmaxScaling and a cut-off diff_min with CalculateInputRadius, both in double; the
@@ -21,6 +21,8 @@ SCALED_DIFF_INTEGER_BITS = 5
 # The only output quantisation TFLite accepts for int8 SOFTMAX (probabilities in [0, 1) over int8).
 OUTPUT_SCALE = 1.0 / 256.0
 OUTPUT_ZERO_POINT = -128
+# CRTFORGE_INT8_SOFTMAX_MAX_DEPTH: the row's sum of exps (up to depth * 2^19 in Q12.19) must fit in int32.
+MAX_DEPTH = 4095
 
 
 @dataclass(frozen=True)

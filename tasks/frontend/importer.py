@@ -95,7 +95,9 @@ def load_relax(source: Path):
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="Renaming name")
                 return relax_onnx.from_onnx(model)
-        return relax_tflite.from_tflite(_read_tflite(source))
+        model = _read_tflite(source)
+        _check_softmax_beta(model, source)
+        return relax_tflite.from_tflite(model)
     except ModelImportError:
         raise
     except Exception as e:  # TVM frontends raise many types; the message is what the user needs.
@@ -106,6 +108,29 @@ def load_relax(source: Path):
                                    f"not supported by TVM's {source.suffix[1:].upper()} frontend. HINT: replace "
                                    "these ops in the model (or run them outside it)") from e
         raise ModelImportError(f"{source}: TVM cannot import this model: {first}") from e
+
+
+def _check_softmax_beta(model, source: Path) -> None:
+    """TVM 0.27's TFLite frontend drops SOFTMAX's beta (it imports softmax(x), not softmax(beta * x)): refuse a
+    beta other than 1 rather than build a model that computes something else."""
+    import tflite
+
+    sub = model.Subgraphs(0)
+    for i in range(sub.OperatorsLength()):
+        op = sub.Operators(i)
+        code = model.OperatorCodes(op.OpcodeIndex())
+        if max(code.BuiltinCode(), code.DeprecatedBuiltinCode()) != tflite.BuiltinOperator.SOFTMAX:
+            continue
+        table = op.BuiltinOptions()
+        if table is None:
+            continue
+        options = tflite.SoftmaxOptions()
+        options.Init(table.Bytes, table.Pos)
+        if options.Beta() != 1.0:
+            raise ModelImportError(f"{source}: SOFTMAX (operator #{i}) has beta {options.Beta():g}; TVM's TFLite "
+                                   "frontend ignores beta, so the build would compute softmax(x) instead. HINT: "
+                                   "fold beta into the model (scale the SOFTMAX input, or its input's "
+                                   "quantisation scale, by beta) and convert again")
 
 
 _UNSUPPORTED = re.compile(r"following operators are not supported (?:for|in) frontend \w+: (.+)$")

@@ -198,6 +198,41 @@ int32_t crtforge_int8_avg_pool2d(const crtforge_int8_conv_shape* s, int32_t act_
 int32_t crtforge_int8_max_pool2d(const crtforge_int8_conv_shape* s, int32_t act_min, int32_t act_max,
                                  const int8_t* input, int8_t* out_output);
 
+/* --- softmax ------------------------------------------------------------------------------------------- */
+
+/* TFLite's int8 SOFTMAX over the last axis, seen as [rows][depth]: int8 input with any scale and zero point;
+ * int8 output at scale 1/256 and zero point -128 (the only output quantisation TFLite accepts), so the output is
+ * round(p * 256) - 128, clamped. The input zero point cancels in x - max(x). Per element: exp(beta * s_in *
+ * (x - max)) in Q0.31 (gemmlowp's exp_on_negative_values on a Q5.26 argument), the row's sum in Q12.19, its
+ * reciprocal by Newton-Raphson, their product. Elements with x - max < diff_min count as exp = 0 and give -128.
+ * Constants from tasks/compile/int8_softmax.py `softmax_params`. int32 arithmetic with 32x32->64 multiplies and
+ * shifts only (no division, float, table or scratch). */
+
+/** Build-time constants of one SOFTMAX (TFLite's SoftmaxParams for int8). */
+typedef struct crtforge_int8_softmax_params {
+  int32_t input_multiplier; /**< beta * s_in * 2^26 as TFLite's QuantizeMultiplierGreaterThanOne: [2^30, 2^31 - 1] */
+  int32_t input_left_shift; /**< its exponent, in [0, 31]; > 0 shifts left */
+  int32_t diff_min;         /**< <= 0: x - max below it gives exp = 0 (minus CalculateInputRadius(5, left_shift)) */
+} crtforge_int8_softmax_params;
+
+/** Largest depth: the row's sum of exps (up to depth * 2^19 in Q12.19) must fit in int32. */
+#define CRTFORGE_INT8_SOFTMAX_MAX_DEPTH 4095
+
+/**
+ * Softmax over each row (TFLite SOFTMAX, int8 in, int8 out at scale 1/256, zero point -128).
+ * Returns -1 (writing nothing) for NULL pointers, rows or depth <= 0, depth > CRTFORGE_INT8_SOFTMAX_MAX_DEPTH,
+ * a multiplier < 0, a left shift outside [0, 31] or diff_min > 0.
+ * Beyond TFLM: a row whose sum of exps reaches 512 (only possible with depth >= 512) makes TFLM's final shift
+ * exceed 31, which TFLM rejects with a failed TFLITE_CHECK; here every output of such a row is the exactly
+ * rounded value, -128 (each probability is then at most 1/512, half an output step).
+ * \param[in]  p          constants from softmax_params
+ * \param[in]  input      [rows][depth]
+ * \param[out] out_output [rows][depth]; may be the same buffer as input (each element is read before its own
+ *                        output is written, and after the row's maximum and sum are known)
+ */
+int32_t crtforge_int8_softmax(const crtforge_int8_softmax_params* p, const int8_t* input, int32_t rows,
+                              int32_t depth, int8_t* out_output);
+
 #ifdef __cplusplus
 }
 #endif
