@@ -429,49 +429,56 @@ static void window(int32_t o, int32_t stride, int32_t pad, int32_t dilation, int
 
 #if CRTFORGE_INT8_DSP
 /* Four channels of one tap: a word of inputs widened by SXTB16 into (c0, c2) and (c1, c3) halves with the input
- * offset added lane-wise, the filter's two words already in those halves (crtforge_int8_depthwise_conv2d's
- * layout), then one 16x16 multiply-accumulate per channel. */
+ * offset added lane-wise, the filter's two words (already those halves, see int8.h) in one LDRD, then one 16x16
+ * multiply-accumulate per channel. w is a `const uint32_t*` and moves to the next tap. */
 #define DW_TAP4(x, w, off, a0, a1, a2, a3)                                                                       \
   do {                                                                                                         \
-    uint32_t xw_, we_, wo_;                                                                                    \
+    uint32_t xw_;                                                                                              \
+    int32_t we_, wo_;                                                                                          \
     memcpy(&xw_, (x), 4);                                                                                      \
-    memcpy(&we_, (w), 4);                                                                                      \
-    memcpy(&wo_, (w) + 2, 4);                                                                                  \
+    load_pair(&(w), &we_, &wo_);                                                                               \
     const int32_t xe_ = __sadd16(__sxtb16((int32_t)xw_), (int32_t)(off));                                      \
     const int32_t xo_ = __sadd16(sxtb16_odd(xw_), (int32_t)(off));                                             \
-    a0 = __smlabb(xe_, (int32_t)we_, a0);                                                                      \
-    a2 = __smlatt(xe_, (int32_t)we_, a2);                                                                      \
-    a1 = __smlabb(xo_, (int32_t)wo_, a1);                                                                      \
-    a3 = __smlatt(xo_, (int32_t)wo_, a3);                                                                      \
+    a0 = __smlabb(xe_, we_, a0);                                                                               \
+    a2 = __smlatt(xe_, we_, a2);                                                                               \
+    a1 = __smlabb(xo_, wo_, a1);                                                                               \
+    a3 = __smlatt(xo_, wo_, a3);                                                                               \
   } while (0)
+typedef const uint32_t* dw_weights_t; /* a block's filter as the words DW_TAP4 loads */
+#define DW_BLOCK_WEIGHTS(p) ((dw_weights_t)(const void*)(p))
 #else
 #define DW_TAP4(x, w, off, a0, a1, a2, a3)                                                                       \
   do {                                                                                                         \
     const int8_t* x_ = (x);                                                                                    \
-    const int16_t* w_ = (w);                                                                                   \
-    a0 += ((int32_t)x_[0] + (off)) * w_[0];                                                                    \
-    a1 += ((int32_t)x_[1] + (off)) * w_[2];                                                                    \
-    a2 += ((int32_t)x_[2] + (off)) * w_[1];                                                                    \
-    a3 += ((int32_t)x_[3] + (off)) * w_[3];                                                                    \
+    a0 += ((int32_t)x_[0] + (off)) * (w)[0];                                                                   \
+    a1 += ((int32_t)x_[1] + (off)) * (w)[2];                                                                   \
+    a2 += ((int32_t)x_[2] + (off)) * (w)[1];                                                                   \
+    a3 += ((int32_t)x_[3] + (off)) * (w)[3];                                                                   \
+    (w) += 4;                                                                                                  \
   } while (0)
+typedef const int16_t* dw_weights_t;
+#define DW_BLOCK_WEIGHTS(p) (p)
 #endif
 
 int32_t crtforge_int8_depthwise_conv2d(const crtforge_int8_conv_shape* s, const crtforge_int8_channel_quant* q,
                                        const int8_t* input, const int16_t* filter, const int32_t* bias,
                                        int32_t* scratch, int8_t* out_output) {
-  int32_t b, oy, ox, c, m, ty, fy0, fy1, fx0, fx1;
+  int32_t b, oy, ox, c, m, ty, tx, fy0, fy1, fx0, fx1;
   if (bad_shape(s) || bad_dilation(s) || bad_quant(q) || s->depth_multiplier <= 0 ||
       s->out_c != s->in_c * s->depth_multiplier || scratch == 0)
     return -1;
+  /* The sums start from the bias, so the requantisation adds none. */
+  const requant_t rq = requant_of(q, 0);
   /* The shape in locals: every int8 store may alias *s, so reading it in the loops would reload it each time. */
-  const requant_t rq = requant_of(q, bias);
   const int32_t in_h = s->in_h, in_w = s->in_w, in_c = s->in_c, out_h = s->out_h, out_w = s->out_w;
   const int32_t out_c = s->out_c, kernel_h = s->kernel_h, kernel_w = s->kernel_w, mult = s->depth_multiplier;
   const int32_t stride_h = s->stride_h, stride_w = s->stride_w, pad_top = s->pad_top, pad_left = s->pad_left;
   const int32_t dilation_h = s->dilation_h, dilation_w = s->dilation_w, offset = q->input_offset;
+  const int32_t taps = kernel_h * kernel_w;
   /* With one filter per channel, input and output channels line up: four at a time (see DW_TAP4). */
-  const int32_t blocked = mult == 1 ? in_c & ~3 : 0;
-  const int32_t x_step = dilation_w * in_c, x_row = dilation_h * in_w * in_c, w_row = kernel_w * out_c;
+  const int32_t blocked = mult == 1 ? in_c & ~3 : 0, rest = out_c - blocked;
+  const int16_t* const rest_filter = filter + blocked * taps; /* [taps][rest], after the blocks' [taps][4] */
+  const int32_t x_step = dilation_w * in_c, x_row = dilation_h * in_w * in_c;
 #if CRTFORGE_INT8_DSP
   const uint32_t off = ((uint32_t)(uint16_t)offset << 16) | (uint16_t)offset;
 #else
@@ -485,20 +492,19 @@ int32_t crtforge_int8_depthwise_conv2d(const crtforge_int8_conv_shape* s, const 
       const int32_t iy0 = oy * stride_h - pad_top + fy0 * dilation_h;
       for (ox = 0; ox < out_w; ++ox, out += out_c) {
         window(ox, stride_w, pad_left, dilation_w, kernel_w, in_w, &fx0, &fx1);
-        /* The first tap inside the image, its filter entry, and the window's extent in taps. */
+        /* The first tap inside the image, and the window's extent in taps. */
         const int8_t* const x_first = image + (iy0 * in_w + ox * stride_w - pad_left + fx0 * dilation_w) * in_c;
-        const int16_t* const w_first = filter + (fy0 * kernel_w + fx0) * out_c;
-        const int32_t rows = fy1 - fy0, w_span = (fx1 - fx0) * out_c;
+        const int32_t first_tap = fy0 * kernel_w + fx0, rows = fy1 - fy0, cols = fx1 - fx0;
         for (c = 0; c < blocked; c += 4) {
           /* Accumulators in registers: the macro, not a function taking an array, keeps them there. */
           int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+          if (bias) a0 = bias[c], a1 = bias[c + 1], a2 = bias[c + 2], a3 = bias[c + 3];
           const int8_t* xr = x_first + c;
-          const int16_t* wr = w_first + c;
-          for (ty = 0; ty < rows; ++ty, xr += x_row, wr += w_row) {
+          const int16_t* wr = filter + (c * taps + 4 * first_tap);
+          for (ty = 0; ty < rows; ++ty, xr += x_row, wr += 4 * kernel_w) {
             const int8_t* x = xr;
-            const int16_t* w = wr;
-            const int16_t* const w_end = wr + w_span;
-            for (; w < w_end; x += x_step, w += out_c) DW_TAP4(x, w, off, a0, a1, a2, a3);
+            dw_weights_t w = DW_BLOCK_WEIGHTS(wr);
+            for (tx = 0; tx < cols; ++tx, x += x_step) DW_TAP4(x, w, off, a0, a1, a2, a3);
           }
           scratch[c] = a0;
           scratch[c + 1] = a1;
@@ -508,11 +514,11 @@ int32_t crtforge_int8_depthwise_conv2d(const crtforge_int8_conv_shape* s, const 
         for (c = blocked / mult; c < in_c; ++c) {
           for (m = 0; m < mult; ++m) {
             const int32_t oc = c * mult + m;
-            int32_t acc = 0, fx;
+            int32_t acc = bias ? bias[oc] : 0;
             for (ty = 0; ty < rows; ++ty) {
               const int8_t* x = x_first + ty * x_row + c;
-              const int16_t* w = w_first + ty * w_row + oc;
-              for (fx = fx0; fx < fx1; ++fx, x += x_step, w += out_c) acc += (int32_t)*w * ((int32_t)*x + offset);
+              const int16_t* w = rest_filter + (first_tap + ty * kernel_w) * rest + (oc - blocked);
+              for (tx = 0; tx < cols; ++tx, x += x_step, w += rest) acc += (int32_t)*w * ((int32_t)*x + offset);
             }
             scratch[oc] = acc;
           }

@@ -207,17 +207,17 @@ def pack_weights_wide(matrix: np.ndarray) -> np.ndarray:
 
 
 def pack_depthwise(filt: np.ndarray, depth_multiplier: int) -> np.ndarray:
-    """The filter layout of crtforge_int8_depthwise_conv2d: TFLite's [KH][KW][C*M] widened to int16, and with one
-    filter per channel each whole quad of channels reordered (c0, c2, c1, c3), the halves SXTB16 makes of a word
-    of inputs; the in_c % 4 last channels (and every channel when M > 1) stay in order."""
+    """The filter layout of crtforge_int8_depthwise_conv2d: TFLite's [KH][KW][C*M] widened to int16. With one
+    filter per channel, each whole quad of channels first gets its taps together, [quad][KH][KW][4] in the order
+    c0 c2 c1 c3 (the halves SXTB16 makes of a word of inputs), so one pointer walks a block's window 8 bytes at
+    a time; the remaining channels (all of them when M > 1) follow as [KH][KW][rest]."""
     w = np.asarray(filt).astype(np.int16)
     if w.ndim != 3:
         raise ValueError(f"pack_depthwise wants a [KH][KW][C*M] filter, got shape {w.shape}")
-    if depth_multiplier == 1:
-        blocked = w.shape[2] - w.shape[2] % 4
-        quads = w[:, :, :blocked].reshape(w.shape[0], w.shape[1], -1, 4)[..., [0, 2, 1, 3]]
-        w = np.concatenate([quads.reshape(w.shape[0], w.shape[1], blocked), w[:, :, blocked:]], axis=2)
-    return np.ascontiguousarray(w)
+    kh, kw, channels = w.shape
+    blocked = channels - channels % 4 if depth_multiplier == 1 else 0
+    quads = w[:, :, :blocked].reshape(kh, kw, -1, 4)[..., [0, 2, 1, 3]].transpose(2, 0, 1, 3)
+    return np.concatenate([quads.reshape(-1), w[:, :, blocked:].reshape(-1)])
 
 
 def pack_weights(matrix: np.ndarray) -> np.ndarray:

@@ -136,12 +136,12 @@ int32_t crtforge_int8_conv2d_wide(const crtforge_int8_conv_shape* s, const crtfo
  * \param[in]  s          geometry; out_c == in_c * depth_multiplier
  * \param[in]  q          requantisation (per output channel)
  * \param[in]  input      [batches][in_h][in_w][in_c]
- * \param[in]  filter     [kernel_h][kernel_w][out_c] (TFLite's [1][KH][KW][C*M]) widened to int16, 4-byte aligned,
- *                        made by tasks/compile/quantize.py `pack_depthwise`: when depth_multiplier is 1, each
- *                        whole quad of channels of a tap holds (c0, c2, c1, c3), the halves that SXTB16 makes of
- *                        a word of inputs; the in_c % 4 last channels, and every channel when
- *                        depth_multiplier > 1, in natural order. Why int16: no widening in the loop, for twice
- *                        the (small) filter's bytes.
+ * \param[in]  filter     TFLite's [1][KH][KW][C*M] widened to int16 and reordered, 4-byte aligned (quantize.py
+ *                        `pack_depthwise`): when depth_multiplier is 1, each whole quad of channels has its
+ *                        taps together, [quad][KH][KW][4] in the order c0 c2 c1 c3 (the halves SXTB16 makes of
+ *                        a word of inputs); the in_c % 4 last channels, or every channel when depth_multiplier
+ *                        > 1, follow as [KH][KW][rest]. Why: one LDRD per tap and quad, no widening in the loop,
+ *                        for twice the (small) filter's bytes.
  * \param[in]  bias       [out_c] or NULL
  * \param[in]  scratch    CRTFORGE_INT8_DEPTHWISE_SCRATCH_BYTES(out_c) bytes, 4-byte aligned: one pixel's sums
  * \param[out] out_output [batches][out_h][out_w][out_c]
