@@ -102,6 +102,9 @@ class Memory:
     heap_size: int
 
 
+ARM_DSP_CPUS = frozenset({"cortex-m4", "cortex-m7", "cortex-m33", "cortex-m35p", "cortex-m55", "cortex-m85"})
+
+
 @dataclass(frozen=True)
 class Board:
     name: str
@@ -119,6 +122,12 @@ class Board:
     @property
     def runner(self) -> str:
         return BOARD_RUNNERS[self.kind]
+
+    @property
+    def arm_dsp(self) -> bool:
+        """An Armv7E-M/v8-M core with the DSP extension (SMLAD, SXTB16): crt's int8 kernels take their DSP path
+        there (__ARM_FEATURE_DSP), and the build widens small layers' weights for it."""
+        return self.cpu in ARM_DSP_CPUS
 
 
 @dataclass(frozen=True)

@@ -362,3 +362,48 @@ def logistic(seed: int, shape: tuple[int, ...]) -> tuple[bytes, np.ndarray]:
     xi = g.add(_Tensor(shape, fb.TensorType.INT8, [s], [zp]))
     yi = g.add(_Tensor(shape, fb.TensorType.INT8, [1.0 / 256.0], [-128]))
     return g.to_bytes(fb.BuiltinOperator.LOGISTIC, fb.BuiltinOptions.NONE, None, [xi], [yi]), _int8(rng, shape)
+
+
+def reduced_shape(shape: tuple[int, ...], axes: list[int], keep_dims: bool) -> tuple[int, ...]:
+    """The output shape TFLite gives a MEAN: reduced axes become 1 with keep_dims, else disappear."""
+    red = {a % len(shape) for a in axes}
+    if keep_dims:
+        return tuple(1 if i in red else d for i, d in enumerate(shape))
+    return tuple(d for i, d in enumerate(shape) if i not in red)
+
+
+def _tensor(shape, dtype: int, name: str, buffer: int, scale: float | None = None, zero_point: int = 0):
+    t = fb.TensorT()
+    t.shape, t.type, t.name, t.buffer = list(shape), dtype, name.encode(), buffer
+    t.quantization = fb.QuantizationParametersT()
+    if scale is not None:  # else no scale/zero point vectors at all, as TFLite's converter writes the axes
+        t.quantization.scale, t.quantization.zeroPoint = [float(np.float32(scale))], [int(zero_point)]
+    return t
+
+
+def mean_model(shape: tuple[int, ...], axes: list[int], keep_dims: bool, s_in: float, zp_in: int, s_out: float,
+               zp_out: int) -> bytes:
+    """A one-op int8 MEAN: input [shape], the axes a constant int32 tensor (TFLite's second input) without
+    quantisation parameters, ReducerOptions keep_dims. Its own builder rather than tests/int8_models.py's _Graph,
+    which gives every tensor a scale and zero point list (empty ones trip TVM's TFLite importer)."""
+    axes_buffer = fb.BufferT()
+    axes_buffer.data = np.frombuffer(np.array(axes, np.int32).tobytes(), dtype=np.uint8)
+    tensors = [_tensor(shape, fb.TensorType.INT8, "input", 0, s_in, zp_in),
+               _tensor((len(axes),), fb.TensorType.INT32, "axes", 1),
+               _tensor(reduced_shape(shape, axes, keep_dims), fb.TensorType.INT8, "output", 0, s_out, zp_out)]
+    code = fb.OperatorCodeT()
+    code.builtinCode = code.deprecatedBuiltinCode = fb.BuiltinOperator.MEAN
+    code.version = 1
+    op = fb.OperatorT()
+    op.opcodeIndex, op.inputs, op.outputs = 0, [0, 1], [2]
+    op.builtinOptionsType = fb.BuiltinOptions.ReducerOptions
+    op.builtinOptions = fb.ReducerOptionsT()
+    op.builtinOptions.keepDims = keep_dims
+    sg = fb.SubGraphT()
+    sg.tensors, sg.inputs, sg.outputs, sg.operators = tensors, [0], [2], [op]
+    model = fb.ModelT()
+    model.version, model.operatorCodes, model.subgraphs = 3, [code], [sg]
+    model.buffers = [fb.BufferT(), axes_buffer]  # buffer 0: the empty sentinel of non-constant tensors
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())

@@ -517,3 +517,15 @@ def test_dsp_path_on_cortex_m4_equals_portable(lib, tmp_path):
            if line.startswith(("fc-", "conv-"))}
     for p in prepared:
         np.testing.assert_array_equal(got[p.name], run_weighted(lib, p), err_msg=p.name)
+
+
+@pytest.mark.parametrize("cpu", ["cortex-m3", "cortex-m4"])
+def test_cortex_m_build_needs_no_runtime_helpers(tmp_path, cpu):
+    """No calls into libgcc (64-bit division, soft float, CLZ) from the kernels on Cortex-M3/M4: only libc's
+    memset/memcpy may be left to link."""
+    obj = tmp_path / "int8.o"
+    subprocess.run(["arm-none-eabi-gcc", f"-mcpu={cpu}", "-mthumb", "-O2", *WARNINGS, "-I", str(INCLUDE), "-c",
+                    str(INT8_C), "-o", str(obj)], check=True, capture_output=True, text=True)
+    undefined = subprocess.run(["arm-none-eabi-nm", "-u", str(obj)], capture_output=True, text=True,
+                               check=True).stdout.split()
+    assert set(undefined[1::2]) <= {"memset", "memcpy"}, undefined

@@ -10,7 +10,6 @@ whose exp is 0, wherever beta * s_in is large enough for diff_min to be above -2
 from __future__ import annotations
 
 import ctypes
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -201,15 +200,3 @@ def test_multiplier_must_exceed_one():
         sm.softmax_params(1e-9, 1.0)
     with pytest.raises(ValueError, match="must exceed 1"):
         sm.softmax_params(0.1, 0.0)
-
-
-@pytest.mark.skipif(shutil.which("arm-none-eabi-gcc") is None, reason="arm-none-eabi-gcc not installed")
-@pytest.mark.parametrize("cpu", ["cortex-m3", "cortex-m4"])
-def test_cortex_m_build_needs_no_runtime_helpers(tmp_path, cpu):
-    """Warning-free, and no calls into libgcc (no 64-bit division, no soft float) on Cortex-M3/M4."""
-    obj = tmp_path / "int8_softmax.o"
-    proc = subprocess.run(["arm-none-eabi-gcc", f"-mcpu={cpu}", "-mthumb", "-O2", *WARNINGS, "-I", str(INCLUDE),
-                           "-c", str(SOFTMAX_C), "-o", str(obj)], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    undefined = subprocess.run(["arm-none-eabi-nm", "-u", str(obj)], capture_output=True, text=True, check=True)
-    assert undefined.stdout.strip() == ""

@@ -133,10 +133,14 @@ static void __attribute__((noinline)) finish_row(const int32_t* acc, int32_t n, 
 
 /* --- the input column (scratch) ----------------------------------------------------------------------- */
 
-/* Where element kk of a column of k entries lives in the scratch: whole quads in the order x0 x2 x1 x3 (both
- * builds, so that the int16 weight layout is one), the k % 4 last entries in order. */
+/* Where element kk of a column of k entries lives in the scratch: on DSP cores whole quads in the order
+ * x0 x2 x1 x3 (what SXTB16 makes of a weight word), elsewhere in order so that compilers vectorise the dots. */
 static inline int32_t column_pos(int32_t kk, int32_t k) {
+#if CRTFORGE_INT8_DSP
   if (kk < (k & ~3)) return (kk & ~3) | ((kk & 1) << 1) | ((kk >> 1) & 1);
+#else
+  (void)k;
+#endif
   return kk;
 }
 
@@ -249,7 +253,8 @@ static int32_t dot1_quads_wide(const int16_t* w, const uint32_t* x, int32_t quad
   return a;
 }
 #else
-/* x0 x2 x1 x3: which entry of an int8 weight quad (natural order) meets column entry j of its quad. */
+/* The int16 weights' quads are in the DSP column's order x0 x2 x1 x3 (one layout for all builds): entry j of a
+ * quad in natural order is at QUAD_ORDER[j] (the order is its own inverse). */
 static const int8_t QUAD_ORDER[4] = {0, 2, 1, 3};
 
 static void dot4_quads(const int8_t* w, const int16_t* x, int32_t quads, int32_t acc[4]) {
@@ -257,7 +262,7 @@ static void dot4_quads(const int8_t* w, const int16_t* x, int32_t quads, int32_t
   for (r = 0; r < 4; ++r) acc[r] = 0;
   for (i = 0; i < quads; ++i, w += 16, x += 4)
     for (r = 0; r < 4; ++r)
-      for (j = 0; j < 4; ++j) acc[r] += (int32_t)w[4 * r + QUAD_ORDER[j]] * x[j];
+      for (j = 0; j < 4; ++j) acc[r] += (int32_t)w[4 * r + j] * x[j];
 }
 
 static void dot4_quads_wide(const int16_t* w, const int16_t* x, int32_t quads, int32_t acc[4]) {
@@ -265,18 +270,18 @@ static void dot4_quads_wide(const int16_t* w, const int16_t* x, int32_t quads, i
   for (r = 0; r < 4; ++r) acc[r] = 0;
   for (i = 0; i < quads; ++i, w += 16, x += 4)
     for (r = 0; r < 4; ++r)
-      for (j = 0; j < 4; ++j) acc[r] += (int32_t)w[4 * r + j] * x[j];
+      for (j = 0; j < 4; ++j) acc[r] += (int32_t)w[4 * r + QUAD_ORDER[j]] * x[j];
 }
 
 static int32_t dot1_quads(const int8_t* w, const int16_t* x, int32_t quads) {
   int32_t a = 0, i;
-  for (i = 0; i < 4 * quads; ++i) a += (int32_t)w[(i & ~3) + QUAD_ORDER[i & 3]] * x[i];
+  for (i = 0; i < 4 * quads; ++i) a += (int32_t)w[i] * x[i];
   return a;
 }
 
 static int32_t dot1_quads_wide(const int16_t* w, const int16_t* x, int32_t quads) {
   int32_t a = 0, i;
-  for (i = 0; i < 4 * quads; ++i) a += (int32_t)w[i] * x[i];
+  for (i = 0; i < 4 * quads; ++i) a += (int32_t)w[(i & ~3) + QUAD_ORDER[i & 3]] * x[i];
   return a;
 }
 #endif
@@ -613,6 +618,49 @@ int32_t crtforge_int8_avg_pool2d(const crtforge_int8_conv_shape* s, int32_t act_
 int32_t crtforge_int8_max_pool2d(const crtforge_int8_conv_shape* s, int32_t act_min, int32_t act_max,
                                  const int8_t* input, int8_t* out_output) {
   return pool2d(s, act_min, act_max, input, out_output, 1);
+}
+
+/* --- mean --------------------------------------------------------------------------------------------- */
+
+/* TFLite's reference_ops::QuantizedMeanOrSum: an int32 sum of the reduced elements minus the input zero point
+ * times the count, then MultiplyByQuantizedMultiplier with the 1 / count folded into the multiplier at build
+ * time (tasks/compile/int8_mean.py). TFLM takes this one path for every int8 MEAN. */
+
+/* The constants checked against what the kernel's arithmetic assumes: offsets that keep x + input_offset within
+ * +-255 and the output in int8, a multiplier requantize accepts, a shift in [-31, 30] (RoundingDivideByPOT takes
+ * exponents up to 31; a left shift of 31 would overflow TFLite's own 1 << shift, leaving nothing to match). */
+static int32_t bad_mean_params(const crtforge_int8_mean_params* p, int32_t reduced) {
+  return p->input_offset < -127 || p->input_offset > 128 || p->output_offset < INT8_MIN ||
+         p->output_offset > INT8_MAX || p->multiplier < 0 || p->shift < -31 || p->shift > 30 ||
+         p->reduced_count != reduced;
+}
+
+int32_t crtforge_int8_mean(const crtforge_int8_mean_params* p, const int8_t* input, int32_t outer, int32_t reduced,
+                           int32_t inner, int8_t* out_output) {
+  int32_t multiplier, shift, input_offset, output_offset, o, i, r;
+  if (p == 0 || input == 0 || out_output == 0 || outer <= 0 || reduced <= 0 || inner <= 0) return -1;
+  /* Every index below is an int32: the whole input must fit (64-bit products, no division). */
+  if ((int64_t)reduced * inner > INT32_MAX || (int64_t)reduced * inner * outer > INT32_MAX) return -1;
+  if (bad_mean_params(p, reduced)) return -1;
+  /* Locals: the int8 stores may alias anything, so reading through p would reload the fields after each. */
+  multiplier = p->multiplier;
+  shift = p->shift;
+  input_offset = p->input_offset;
+  output_offset = p->output_offset;
+  for (o = 0; o < outer; ++o) {
+    const int8_t* plane = input + o * reduced * inner;
+    for (i = 0; i < inner; ++i) {
+      /* TFLM's sum minus zero point * count, in int32: the offset times the count first, then the raw values.
+       * Unsigned so that a sum past 2^31 (only possible beyond 2^23 reduced elements) wraps as TFLM's does instead
+       * of being undefined; a wrapping sum is the same in any order. */
+      uint32_t sum = (uint32_t)input_offset * (uint32_t)reduced;
+      const int8_t* x = plane + i;
+      for (r = 0; r < reduced; ++r, x += inner) sum += (uint32_t)(int32_t)*x;
+      out_output[o * inner + i] =
+          clamp_int8(requantize((int32_t)sum, multiplier, shift) + output_offset, INT8_MIN, INT8_MAX);
+    }
+  }
+  return 0;
 }
 
 /* --- softmax ------------------------------------------------------------------------------------------- */

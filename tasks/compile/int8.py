@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from tasks.compile import int8_mean as mn
 from tasks.compile import int8_softmax as sm
 from tasks.compile import quantize as qz
 from tasks.compile.quantize import Activation
@@ -75,6 +76,7 @@ def _patterns() -> list[tuple[str, Any]]:
             out.append((name, is_op("relax.clip")(pool, wildcard(), wildcard()) if clip else pool))
     # SOFTMAX has no fused activation. (TVM's frontend drops beta; the importer refuses a beta other than 1.)
     out.append(("softmax", _requantize(is_op("relax.nn.softmax")(_dequantize(wildcard())), False)))
+    out.append(("mean", _requantize(is_op("relax.mean")(_dequantize(wildcard())), False)))
     return out
 
 
@@ -227,7 +229,7 @@ def _weight_scales(r: _Reader, deq) -> np.ndarray:
     return _const(r.arg(deq, 1)).astype(np.float32).reshape(-1)
 
 
-def _fully_connected(symbol: str, r: _Reader) -> Int8Kernel:
+def _fully_connected(symbol: str, r: _Reader, wide: bool) -> Int8Kernel:
     quant_call, out_q, lo, hi = _requant_tail(r)
     matmul, bias = _weighted_tail(r, quant_call)
     x_deq, w_deq = r.arg(matmul, 0), r.arg(matmul, 1)
@@ -249,7 +251,7 @@ def _fully_connected(symbol: str, r: _Reader) -> Int8Kernel:
     act = _activation(lo, hi, out_q)
     q = qz.channel_quant(x_q.scale, x_q.zero_point, s_w, out_q.scale, out_q.zero_point, act,
                          per_tensor_fc=len(s_w) == 1)
-    weights, kernel = _packed(matrix, "crtforge_int8_fully_connected")
+    weights, kernel = _packed(matrix, "crtforge_int8_fully_connected", wide)
     arrays = [CArray(f"{symbol}_weights", _ctype(weights), weights), *_quant_arrays(symbol, q)]
     if bias is not None:
         arrays.append(CArray(f"{symbol}_bias", "int32_t", bias))
@@ -262,14 +264,15 @@ def _fully_connected(symbol: str, r: _Reader) -> Int8Kernel:
                       _scratch(2 * k), kernel)  # the int16 column
 
 
-# A weighted op's int8 weights are widened to int16 when that copy fits in this many bytes: about a third fewer
-# instructions per MAC on Cortex-M4 (no SXTB16), for at most 32 KiB more flash per op; big layers stay int8.
+# On a DSP core (partition's `wide_weights`) a weighted op's int8 weights are widened to int16 when that copy fits
+# in this many bytes: about a third fewer instructions per MAC on Cortex-M4 (no SXTB16), for at most 32 KiB more
+# flash per op; big layers stay int8. Elsewhere widening saves nothing (compilers vectorise the int8 dots).
 WIDE_WEIGHTS_MAX_BYTES = 64 * 1024
 
 
-def _packed(matrix: np.ndarray, kernel: str) -> tuple[np.ndarray, str]:
+def _packed(matrix: np.ndarray, kernel: str, wide: bool) -> tuple[np.ndarray, str]:
     """[rows][k] int8 weights packed for `kernel`, or widened for its _wide twin when small (see above)."""
-    if 2 * matrix.size <= WIDE_WEIGHTS_MAX_BYTES:
+    if wide and 2 * matrix.size <= WIDE_WEIGHTS_MAX_BYTES:
         return qz.pack_weights_wide(matrix), f"{kernel}_wide"
     return qz.pack_weights(matrix), kernel
 
@@ -314,7 +317,7 @@ def _geometry(x_shape, y_shape, kernel_hw, strides, dilation, padding) -> dict[s
             "dilation_h": dilation[0], "dilation_w": dilation[1], "pad_top": padding[0], "pad_left": padding[1]}
 
 
-def _conv2d(symbol: str, r: _Reader) -> Int8Kernel:
+def _conv2d(symbol: str, r: _Reader, wide: bool) -> Int8Kernel:
     quant_call, out_q, lo, hi = _requant_tail(r)
     conv, bias = _weighted_tail(r, quant_call)
     a = conv.attrs
@@ -348,7 +351,7 @@ def _conv2d(symbol: str, r: _Reader) -> Int8Kernel:
         ohwi = np.transpose(w, (3, 0, 1, 2))  # the frontend's HWIO back to TFLite's OHWI
         geo["kernel_h"], geo["kernel_w"] = ohwi.shape[1], ohwi.shape[2]
         geo["depth_multiplier"] = 1
-        weights, kernel = _packed(ohwi.reshape(out_c, -1), "crtforge_int8_conv2d")
+        weights, kernel = _packed(ohwi.reshape(out_c, -1), "crtforge_int8_conv2d", wide)
         scratch, op = _scratch(2 * ohwi[0].size), "CONV_2D"  # the int16 column
     if len(s_w) not in (1, out_c):
         raise Int8Error(f"{len(s_w)} weight scales for {out_c} output channels")
@@ -453,6 +456,28 @@ def _softmax(symbol: str, r: _Reader) -> Int8Kernel:
     return Int8Kernel(symbol, "SOFTMAX", f"{rows} rows of {depth}", 1, (), (static,), call, 0, "crtforge_int8_softmax")
 
 
+def _mean(symbol: str, r: _Reader) -> Int8Kernel:
+    quant_call, out_q, _, _ = _requant_tail(r)
+    mean = r.arg(quant_call, 0)
+    x_deq = r.arg(mean, 0)
+    x, y = x_deq.args[0], r.result
+    _check_int8({"input": x, "output": y})
+    shape = _shape(x)
+    axes = list(range(len(shape))) if mean.attrs.axis is None else [int(a) for a in mean.attrs.axis]
+    x_q = _dequant_params(r, x_deq)
+    try:
+        outer, reduced, inner = mn.reduction_layout(shape, axes)
+        p = mn.mean_params(x_q.scale, x_q.zero_point, out_q.scale, out_q.zero_point, reduced)
+    except ValueError as e:
+        raise Int8Error(str(e)) from None
+    fields = ", ".join(f".{k} = {v}" for k, v in vars(p).items())
+    static = f"static const crtforge_int8_mean_params {symbol}_p = {{{fields}}};"
+    call = (f"crtforge_int8_mean(&{symbol}_p, (const int8_t*)x0->data, {outer}, {reduced}, {inner}, "
+            f"(int8_t*)y->data)")
+    summary = f"{'x'.join(map(str, shape))} over axes {axes} -> {'x'.join(map(str, _shape(y)))}"
+    return Int8Kernel(symbol, "MEAN", summary, 1, (), (static,), call, 0, "crtforge_int8_mean")
+
+
 def _composite(func) -> tuple[str, Any]:
     """The pattern name and the inner composite function of an outer function RunCodegen receives."""
     from tvm import relax
@@ -469,24 +494,26 @@ def _composite(func) -> tuple[str, Any]:
     return name.split(".", 1)[-1], inner
 
 
-def describe(func, symbol: str) -> Int8Kernel:
+def describe(func, symbol: str, wide_weights: bool = False) -> Int8Kernel:
     """The C of one matched function (outer, as RunCodegen passes it, or the composite itself)."""
     name, inner = _composite(func)
-    return _describe(name, _Reader.of_function(inner), symbol)
+    return _describe(name, _Reader.of_function(inner), symbol, wide_weights)
 
 
-def _describe(name: str, r: _Reader, symbol: str) -> Int8Kernel:
+def _describe(name: str, r: _Reader, symbol: str, wide_weights: bool = False) -> Int8Kernel:
     try:
         if name == "fully_connected":
-            return _fully_connected(symbol, r)
+            return _fully_connected(symbol, r, wide_weights)
         if name == "conv2d":
-            return _conv2d(symbol, r)
+            return _conv2d(symbol, r, wide_weights)
         if name in ("add", "mul"):
             return _binary(symbol, r, name)
         if name in ("avg_pool2d", "max_pool2d"):
             return _pool(symbol, r, name)
         if name == "softmax":
             return _softmax(symbol, r)
+        if name == "mean":
+            return _mean(symbol, r)
     except Int8Error as e:
         raise Int8Error(f"{symbol} ({name}): {e}") from None
     raise Int8Error(f"{symbol}: unknown pattern '{name}'")
@@ -516,14 +543,15 @@ def _lines(values: np.ndarray) -> list[str]:
     return weight_lines(np.asarray(values).reshape(-1)) or ["0,"]
 
 
-def _codegen(funcs, options, constant_names) -> list:
+def _codegen(described: dict[str, Int8Kernel], funcs, options, constant_names) -> list:
+    """relax.ext.crtforge_int8: the C of the functions partition described (by their global symbol)."""
     import tvm
 
     create = tvm.get_global_func("runtime.CSourceModuleCreate")
     out = []
     for f in funcs:
         symbol = str(f.attrs["global_symbol"])
-        out.append(create(emit_c(describe(f, symbol)), "c", [symbol], []))
+        out.append(create(emit_c(described[symbol]), "c", [symbol], []))
     return out
 
 
@@ -571,12 +599,14 @@ class Partitioned:
         return {k.symbol: k.workspace_bytes for k in self.kernels if k.workspace_bytes}
 
 
-def partition(mod, prefix: str) -> Partitioned:
-    """Offload every int8 op cluster the kernels implement; the rest of `mod` is left as it was."""
+def partition(mod, prefix: str, wide_weights: bool = False) -> Partitioned:
+    """Offload every int8 op cluster the kernels implement; the rest of `mod` is left as it was. `wide_weights`:
+    the target is a DSP core, where small layers get int16 weights (WIDE_WEIGHTS_MAX_BYTES)."""
     import tvm_ffi
     from tvm import relax
 
-    tvm_ffi.register_global_func(f"relax.ext.{CODEGEN}", _codegen, override=True)
+    described: dict[str, Int8Kernel] = {}
+    tvm_ffi.register_global_func(f"relax.ext.{CODEGEN}", functools.partial(_codegen, described), override=True)
     patterns = [(f"{CODEGEN}.{name}", pat, {}, functools.partial(_supported, name)) for name, pat in _patterns()]
     mod = relax.transform.FuseOpsByPattern(patterns, bind_constants=True, annotate_codegen=True)(mod)
     kernels = []
@@ -587,7 +617,8 @@ def partition(mod, prefix: str) -> Partitioned:
     for index, (gv, func) in enumerate(matched):
         symbol = ModelSymbols(prefix).int8_op(_composite(func)[0], index)
         mod[gv] = func.with_attr("global_symbol", symbol)
-        kernels.append(describe(func, symbol))
+        kernels.append(describe(func, symbol, wide_weights))
+        described[symbol] = kernels[-1]
     if not kernels:
         return Partitioned(mod)
     return Partitioned(relax.transform.RunCodegen()(mod), kernels)

@@ -303,14 +303,14 @@ def add_workspaces(plan: Plan, workspace: dict[str, int]) -> None:
 
 
 def build(source: Path, prefix: str, target_json: dict[str, Any], where: str = "target",
-          offload: tuple[str, ...] = (), profile: str = "release") -> BuildResult:
+          offload: tuple[str, ...] = (), profile: str = "release", arm_dsp: bool = False) -> BuildResult:
     from tasks.compile import int8
     from tasks.compile.offload import OffloadError, external_modules, partition
 
     target = make_target(target_json, where)
     try:
         # int8 first: every later pass (the offload's FoldConstant, lowering) would dequantize the weights.
-        integer = int8.partition(load_relax(source), prefix)
+        integer = int8.partition(load_relax(source), prefix, wide_weights=arm_dsp)
     except int8.Int8Error as e:
         raise BuildError(f"{source}: int8: {e}") from None
     try:
@@ -376,17 +376,17 @@ def build_pair(p: Pair) -> BuildResult:
     return run_build(p.model.source, p.model.name, p.model.prefix, p.target.name, p.target.tvm_target(),
                      read_signature(p.model_files.import_json), p.files,
                      where=f"{p.pipeline_file.name}: targets.{p.target.name}.tvm", offload=p.target.offload,
-                     profile=p.target.profile)
+                     profile=p.target.profile, arm_dsp=p.target.board.arm_dsp)
 
 
 def run_build(source: Path, model_name: str, prefix: str, target_name: str, target_json: dict[str, Any],
               signature: ModelSignature, files: PairFiles, where: str = "target",
-              offload: tuple[str, ...] = (), profile: str = "release") -> BuildResult:
+              offload: tuple[str, ...] = (), profile: str = "release", arm_dsp: bool = False) -> BuildResult:
     """Write the kernels (kernels.c or kernels.o), plan.json, params.npz, modules.json, and external.c (the C of
     the int8 and offloaded ops; a comment alone when there are none)."""
     from tasks.compile.classify import inventory
 
-    result = build(source, prefix, target_json, where, offload, profile)
+    result = build(source, prefix, target_json, where, offload, profile, arm_dsp)
     if len(result.plan.inputs) != len(signature.inputs) or len(result.plan.outputs) != len(signature.outputs):
         raise BuildError(f"{source}: lowered main has {len(result.plan.inputs)} inputs and "
                          f"{len(result.plan.outputs)} outputs; the model declares {len(signature.inputs)} "

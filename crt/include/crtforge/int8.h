@@ -198,6 +198,33 @@ int32_t crtforge_int8_avg_pool2d(const crtforge_int8_conv_shape* s, int32_t act_
 int32_t crtforge_int8_max_pool2d(const crtforge_int8_conv_shape* s, int32_t act_min, int32_t act_max,
                                  const int8_t* input, int8_t* out_output);
 
+/* --- mean --------------------------------------------------------------------------------------------- */
+
+/** Build-time constants of one MEAN (tasks/compile/int8_mean.py `mean_params`, as TFLM's reduce Prepare). */
+typedef struct crtforge_int8_mean_params {
+  int32_t input_offset;  /**< minus the input's zero point, in [-127, 128] */
+  int32_t output_offset; /**< the output's zero point, in [-128, 127] */
+  int32_t multiplier;    /**< s_in / s_out / reduced_count as multiplier * 2^shift / 2^31, in [0, 2^31 - 1]; below
+                          *   2^30 (not normalised) where the fold's division left it so, as in TFLM */
+  int32_t shift;         /**< in [-31, 30]; > 0 shifts left */
+  int32_t reduced_count; /**< the element count the 1 / count was folded for: must equal `reduced` */
+} crtforge_int8_mean_params;
+
+/**
+ * Mean over the middle axis (TFLite MEAN, int8 in and out).
+ * out[o][i] = clamp(requantize(sum_r (input[o][r][i] + input_offset), multiplier, shift) + output_offset), with the
+ * sum wrapping like TFLM's int32 one (it cannot overflow for reduced <= 2^23).
+ * Returns -1 (writing nothing) for NULL pointers, outer, reduced or inner <= 0, outer * reduced * inner above
+ * INT32_MAX, reduced != p->reduced_count, or a field outside its range above.
+ * \param[in]  p          constants from mean_params
+ * \param[in]  input      [outer][reduced][inner]
+ * \param[out] out_output [outer][inner]; may be the same buffer as input (each output is written after every
+ *                        input at or before its address has been read)
+ */
+int32_t crtforge_int8_mean(const crtforge_int8_mean_params* p, const int8_t* input, int32_t outer, int32_t reduced,
+                           int32_t inner, int8_t* out_output);
+
+
 /* --- softmax ------------------------------------------------------------------------------------------- */
 
 /* TFLite's int8 SOFTMAX over the last axis, seen as [rows][depth]: int8 input with any scale and zero point;
