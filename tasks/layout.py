@@ -71,6 +71,10 @@ class PairFiles:
     @property
     def executor_c(self) -> Path: return self.dir / "executor.c"
     @property
+    def weights_bin(self) -> Path: return self.dir / "weights.bin"
+    @property
+    def weights_asm(self) -> Path: return self.dir / "weights.S"
+    @property
     def header(self) -> Path: return self.dir / f"{self.prefix}.h"
     @property
     def harness_c(self) -> Path: return self.dir / "harness.c"

@@ -74,3 +74,8 @@ class ModelSymbols:
 
     def weight(self, constant: str) -> str:
         return f"{self.prefix}_{constant}"
+
+    @property
+    def weights_section(self) -> str:
+        """The read-only section of the model's weights (weights.S): a linker script can place it by name."""
+        return f".rodata.crtforge.{self.prefix}.weights"

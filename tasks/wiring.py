@@ -206,9 +206,9 @@ def codegen_tasks(pipeline: Pipeline) -> Iterator[dict[str, Any]]:
         p = _pair(pipeline, model, target)
         f = p.files
         yield _pair_task(pipeline, CODEGEN, model, target,
-                         "generate the metadata module (registry), executor.c and the model header",
+                         "generate the metadata module (registry), executor.c, the weights and the model header",
                          [f.plan_json, f.params_npz, f.classification_json, p.model_files.import_json, model.source],
-                         [*f.metadata, f.executor_c, f.header])
+                         [*f.metadata, f.executor_c, f.weights_asm, f.weights_bin, f.header])
 
 
 def link_tasks(pipeline: Pipeline) -> Iterator[dict[str, Any]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 
 import numpy as np
@@ -9,8 +10,8 @@ import pytest
 
 from conftest import ROOT
 from tasks.compile.classify import ModuleRecord, classify
-from tasks.emit.codegen import (GeneratedFrom, Registry, c_literal, compile_ll, emit_metadata_c, emit_metadata_ll,
-                           weight_lines)
+from tasks.emit.codegen import (WEIGHT_ALIGN, GeneratedFrom, Registry, c_literal, compile_ll, emit_metadata_c,
+                                emit_metadata_ll, lay_out_weights, weight_entry, weight_lines)
 
 GEN = GeneratedFrom(model="m", target="host", source="m.onnx", sha256="0" * 64, tvm_version="0.27.0.post1",
                     header="m.h")
@@ -30,6 +31,17 @@ def test_float32_literals_read_back_exactly(value):
                                                 (7, "uint32", "7u"), (-5, "int8", "-5")])
 def test_special_literals(value, dtype, text):
     assert c_literal(value, dtype) == text
+
+
+def test_weights_are_laid_out_at_aligned_offsets_byte_for_byte():
+    arrays = {"a": np.arange(3, dtype=np.float32), "empty": np.zeros(0, np.int8), "c": np.arange(70, dtype=np.int16)}
+    entries = [weight_entry(k, v) for k, v in arrays.items()]
+    blob = lay_out_weights(entries, lambda w: f"m_{w['name']}")
+    assert [(w["symbol"], w["offset"], w["nbytes"]) for w in entries] == [("m_a", 0, 12), ("m_empty", 64, 1),
+                                                                           ("m_c", 128, 140)]
+    assert all(w["offset"] % WEIGHT_ALIGN == 0 for w in entries) and len(blob) == 128 + 140
+    assert blob[:12] == arrays["a"].tobytes() and blob[128:] == arrays["c"].astype("<i2").tobytes()
+    assert entries[2]["sha256"] == hashlib.sha256(arrays["c"].tobytes()).hexdigest()[:16]
 
 
 def test_weights_wrap_at_the_innermost_dimension():

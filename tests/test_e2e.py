@@ -78,7 +78,8 @@ def test_contract_files(project, target, model):
         assert f"static uint8_t {model}_arena[{model.upper()}_ARENA_BYTES]" in executor
     else:  # every tensor is the input, a weight or computed in the output buffer
         assert "No intermediate tensors: no arena." in executor and f"{model}_arena" not in executor
-    assert "malloc" not in executor and "static const float" in executor
+    assert "malloc" not in executor and "extern const float" in executor  # the weights: linked data (weights.S)
+    assert '.incbin "weights.bin", 0, ' in (d / "weights.S").read_text()
     assert f"int32_t {model}_run(const {model}_inputs_t* inputs, {model}_outputs_t* outputs)" in (
         d / f"{model}.h").read_text()
     assert "crtforge-registry" in (d / "run.log").read_text()

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from conftest import CONV2D, SINE, run_doit
 from tasks import fsutil
 from tasks.compile import relax_build
 from tasks.compile.classify import classify, inventory
-from tasks.emit.codegen import GeneratedFrom, emit_executor, external_constants
+from tasks.emit.codegen import GeneratedFrom, emit_executor, external_constants, weights_of
 from tasks.frontend.importer import load_relax, signature
 from tasks.compile.offload import external_modules, partition
 
@@ -46,23 +47,28 @@ def test_external_modules_are_classified_dso_with_constants(offloaded):
     assert not any("matmul" in k and "crtforge" not in k for k in offloaded.plan.kernels)
 
 
-def test_constants_are_resolved_into_const_arrays(offloaded):
+def test_constants_are_resolved_into_linked_data(offloaded):
     cls = classify(inventory(offloaded.runtime_module))
     consts = external_constants(cls, offloaded.params)
     assert len(consts) == 6
     sig = signature(load_relax(SINE), SINE)
-    text = emit_executor(offloaded.plan, offloaded.params, sig, "sine", GEN, consts)
+    weights = weights_of(offloaded.plan, offloaded.params, cls, "sine", GEN)
+    text = emit_executor(offloaded.plan, weights, sig, "sine", GEN)
     assert "resolved here at build time" in text
-    for c in consts:
-        assert f"const float {c['name']}[{c['size']}] CRTFORGE_ALIGNED(64) = {{" in text
-        assert f"static const float {c['name']}" not in text  # external linkage: the module's C refers to it
+    for c in weights.external:
+        # Under the module's own name (its C declares it extern), as a symbol of weights.S over the blob.
+        assert f"extern const float {c['name']}[{c['size']}];" in text
+        assert f"{c['name']}:\n  .incbin \"weights.bin\", {c['offset']}, {c['nbytes']}" in weights.asm
+        data = np.frombuffer(weights.blob[c["offset"]:c["offset"] + c["nbytes"]], np.float32)
+        np.testing.assert_array_equal(data, offloaded.params[c["name"]].reshape(-1))
 
 
 def test_no_constant_table_when_no_module_needs_one():
     plain = relax_build.build(SINE, "sine", {"kind": "c"})
     cls = classify(inventory(plain.runtime_module))
     assert external_constants(cls, plain.params) == []
-    text = emit_executor(plain.plan, plain.params, signature(load_relax(SINE), SINE), "sine", GEN, [])
+    weights = weights_of(plain.plan, plain.params, cls, "sine", GEN)
+    text = emit_executor(plain.plan, weights, signature(load_relax(SINE), SINE), "sine", GEN)
     assert "external modules need" not in text and "const_loader" not in text
 
 

@@ -6,6 +6,7 @@ The executor and header are rendered from the plan by Jinja templates in tasks/t
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,10 +181,50 @@ def emit_header(plan: Plan, sig: ModelSignature, prefix: str, gen: GeneratedFrom
                                                     guard=sym.include_guard, gen=gen)
 
 
-def _weight(name: str, array: np.ndarray, needed_by: str = "") -> dict[str, Any]:
+def weight_entry(name: str, array: np.ndarray, needed_by: str = "") -> dict[str, Any]:
     dtype = str(array.dtype)
     return {"name": name, "dtype": dtype, "shape": array.shape, "ctype": ctype(dtype), "size": max(array.size, 1),
-            "lines": weight_lines(array) or ["0,"], "needed_by": needed_by}
+            "array": array, "needed_by": needed_by}
+
+
+WEIGHT_ALIGN = 64  # every tensor of the blob starts at a multiple of this (cache lines, SIMD loads)
+
+
+def lay_out_weights(weights: list[dict[str, Any]], symbol: Any) -> bytes:
+    """The weights' bytes, each tensor at an aligned offset (little-endian, as every target we build for), and
+    each entry given its `symbol` (symbol(entry) names it), `offset`, `nbytes` and `sha256` for the comments."""
+    blob = bytearray()
+    for w in weights:
+        data = np.ascontiguousarray(w["array"]).astype(w["array"].dtype.newbyteorder("<"), copy=False).tobytes()
+        data = data or b"\0"  # a zero-size tensor still needs an address
+        blob += b"\0" * (-len(blob) % WEIGHT_ALIGN)
+        w.update(symbol=symbol(w), offset=len(blob), nbytes=len(data), sha256=hashlib.sha256(data).hexdigest()[:16])
+        blob += data
+    return bytes(blob)
+
+
+@dataclass(frozen=True)
+class Weights:
+    """A pair's constants as linked data: the executor's own (named with the model's prefix) and those external
+    modules name themselves, their bytes (weights.bin) and the assembler file that makes them symbols."""
+    executor: list[dict[str, Any]]
+    external: list[dict[str, Any]]
+    blob: bytes
+    asm: str
+
+
+def weights_of(plan: Plan, params: dict[str, np.ndarray], classification: Classification, prefix: str,
+               gen: GeneratedFrom, blob_name: str = "weights.bin") -> Weights:
+    """The pair's constants laid out in one blob, and weights.S: one symbol per tensor over its slice of the blob
+    (.incbin: the assembler copies the bytes, so neither it nor the compiler ever sees them as text, and build time
+    and memory no longer grow with the weights), all in the model's own read-only section."""
+    symbols = ModelSymbols(prefix)
+    own = [weight_entry(c.name, params[c.name]) for c in plan.constants]
+    external = external_constants(classification, params)
+    blob = lay_out_weights([*own, *external], lambda w: w["name"] if w["needed_by"] else symbols.weight(w["name"]))
+    asm = _env().get_template("weights.S.j2").render(weights=[*own, *external], blob=blob_name,
+                                                      section=symbols.weights_section, gen=gen, align=WEIGHT_ALIGN)
+    return Weights(own, external, blob, asm)
 
 
 def external_constants(classification: Classification, params: dict[str, np.ndarray]) -> list[dict[str, Any]]:
@@ -194,12 +235,12 @@ def external_constants(classification: Classification, params: dict[str, np.ndar
             if name not in params:
                 raise CodegenError(f"module {v.record.path} (kind '{v.record.kind}') needs constant '{name}', "
                                    "which the build did not record")
-            out.append(_weight(name, params[name], f"module {v.record.path} ({', '.join(v.record.functions)})"))
+            out.append(weight_entry(name, params[name], f"module {v.record.path} ({', '.join(v.record.functions)})"))
     return out
 
 
-def emit_executor(plan: Plan, params: dict[str, np.ndarray], sig: ModelSignature, prefix: str,
-                  gen: GeneratedFrom, extern_constants: list[dict[str, Any]] | None = None) -> str:
+def emit_executor(plan: Plan, weights: Weights, sig: ModelSignature, prefix: str, gen: GeneratedFrom) -> str:
+    """executor.c: declares the weights that weights.S defines."""
     p = prefix
     shapes: list[tuple[int, ...]] = []
 
@@ -244,8 +285,6 @@ def emit_executor(plan: Plan, params: dict[str, np.ndarray], sig: ModelSignature
                         "at_run_time": t.home == HOME_INPUT or output_of(t) is not None, "data": data_expr(t),
                         "dl_dtype": f"{code}, {bits}, 1", "shape_index": shape_index(t.shape)})
 
-    weights = [_weight(c.name, params[c.name]) for c in plan.constants]
-
     def describe(tid: int) -> str:
         t = plan.tensors[tid]
         return f"t{tid} '{t.name}'"
@@ -277,12 +316,13 @@ def emit_executor(plan: Plan, params: dict[str, np.ndarray], sig: ModelSignature
             src = data_expr(t)
         copies.append({"c_name": spec.c_name, "data": src, "nbytes": t.nbytes})
     return _env().get_template("executor.c.j2").render(
-        plan=plan, p=p, P=p.upper(), gen=gen, weights=weights, shapes=shapes, tensors=tensors, calls=calls,
-        bound=bound, copies=copies, external_constants=extern_constants or [])
+        plan=plan, p=p, P=p.upper(), gen=gen, shapes=shapes, tensors=tensors, calls=calls,
+        bound=bound, copies=copies, weights=weights.executor, external_constants=weights.external)
 
 
 def codegen_pair(p: Pair) -> None:
-    """Stage 4: the metadata module (metadata.c, or metadata.ll and metadata.o), executor.c and the model header."""
+    """Stage 4: the metadata module (metadata.c, or metadata.ll and metadata.o), executor.c, the weights (weights.bin
+    and weights.S) and the model header."""
     f = p.files
     plan = Plan.from_dict(fsutil.read_json(f.plan_json))
     params = fsutil.load_npz(f.params_npz)
@@ -299,6 +339,8 @@ def codegen_pair(p: Pair) -> None:
         compile_ll(f.metadata_ll, f.metadata_object)
     else:
         fsutil.write_text(f.metadata_c, emit_metadata_c(registry, gen))
-    fsutil.write_text(f.executor_c, emit_executor(plan, params, sig, p.model.prefix, gen,
-                                                  external_constants(classification, params)))
+    weights = weights_of(plan, params, classification, p.model.prefix, gen, f.weights_bin.name)
+    fsutil.write_bytes(f.weights_bin, weights.blob)
+    fsutil.write_text(f.weights_asm, weights.asm)
+    fsutil.write_text(f.executor_c, emit_executor(plan, weights, sig, p.model.prefix, gen))
     fsutil.write_text(f.header, emit_header(plan, sig, p.model.prefix, gen))

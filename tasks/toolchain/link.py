@@ -89,7 +89,9 @@ def compile_c(target: TargetConfig, source: Path, obj: Path, include_dirs: list[
     # Paths in debug info and __FILE__ relative to the model folder and the project: the same object from any
     # checkout.
     maps = [f"-ffile-prefix-map={include_dirs[0]}=.", f"-ffile-prefix-map={PROJECT_ROOT}=crtforge"]
-    argv = [cc, *target.cflags(kernel=source in CRT_KERNEL_SOURCES), *warnings, *maps,
+    # An assembler file's .incbin names its blob relative to its own folder (weights.S, weights.bin).
+    incbin = [f"-Wa,-I{source.parent}"] if source.suffix == ".S" else []
+    argv = [cc, *target.cflags(kernel=source in CRT_KERNEL_SOURCES), *warnings, *maps, *incbin,
             *[f"-I{d}" for d in include_dirs], "-c", str(source), "-o", str(tmp)]
     try:
         _run(argv, f"compiling {source.name}")
@@ -258,7 +260,7 @@ def library_sources(files: PairFiles) -> list[tuple[Path, tuple[str, ...] | None
         generated = [(files.kernels, None), (files.metadata_object, None)]
     else:
         generated = [(files.kernels, KERNEL_WARNINGS), (files.metadata_c, OWN_WARNINGS)]
-    generated += [(files.executor_c, OWN_WARNINGS), (files.external_c, OWN_WARNINGS)]
+    generated += [(files.executor_c, OWN_WARNINGS), (files.weights_asm, OWN_WARNINGS), (files.external_c, OWN_WARNINGS)]
     return generated + [(s, OWN_WARNINGS) for s in (*CRT_LIBRARY_SOURCES, *CRT_KERNEL_SOURCES)]
 
 
@@ -336,8 +338,9 @@ def unused_kernels(plan: dict[str, Any]) -> set[Path]:
 
 
 def link_inputs(files: PairFiles) -> list[Path]:
-    """Every generated file of the pair that link_pair compiles or takes as is, for doit's `file_dep`."""
-    return [src for src, _ in library_sources(files) if CRT_DIR not in src.parents]
+    """Every generated file of the pair that link_pair compiles or takes as is, for doit's `file_dep` (and the
+    blob weights.S pulls in)."""
+    return [*(src for src, _ in library_sources(files) if CRT_DIR not in src.parents), files.weights_bin]
 
 
 def link_targets(files: PairFiles, board: Board) -> list[Path]:
