@@ -87,11 +87,12 @@ def test_int8_ops_run_integer_and_activations_stay_int8(built):
     assert "the model's CONV_2D (1x9x7x5 -> 1x5x4x6, kernel 3x3, stride 2x2, RELU6)" in c
     # A small filter is widened to int16 at build time (int8.WIDE_WEIGHTS_MAX_BYTES), not dequantized to float.
     assert "crtforge_int8_conv2d_wide(&conv_same_s2_int8_0_conv2d_shape" in c
-    assert "static const int16_t conv_same_s2_int8_0_conv2d_weights[270]" in c
+    assert "extern const int16_t conv_same_s2_int8_0_conv2d_weights[270];" in c  # linked data, from weights.S
+    assert "conv_same_s2_int8_0_conv2d_weights:\n  .incbin" in f.weights_asm.read_text()
     # Cortex-M3 has no DSP extension: int8 weights there.
     m3 = _files(root, "cortex-m3", "conv-same-s2").external_c.read_text()
     assert "crtforge_int8_conv2d(&conv_same_s2_int8_0_conv2d_shape" in m3
-    assert "static const int8_t conv_same_s2_int8_0_conv2d_weights[270]" in m3
+    assert "extern const int8_t conv_same_s2_int8_0_conv2d_weights[270];" in m3
     assert "float" not in c
 
 
@@ -168,6 +169,9 @@ def test_default_pipeline_int8_models_match_tflm_on_the_host(tmp_path):
     weights = 256 * 512 + 512 * 512 + 512 * 10
     flash = fsutil.read_json(_files(tmp_path, "host", "mlp-int8").sizes_json)["library"]["flash"]
     assert weights < flash < 480 * 1024
+    # The weights are linked data (weights.bin), not C text: external.c stays small whatever the model's size.
+    f = _files(tmp_path, "host", "mlp-int8")
+    assert weights <= f.weights_bin.stat().st_size < weights + 3 * 64 and f.external_c.stat().st_size < 64 * 1024
     # Off a DSP core no layer is widened to int16 (widening saves nothing where compilers vectorise int8 dots).
     c = _files(tmp_path, "host", "mlp-int8").external_c.read_text()
     assert c.count("status = crtforge_int8_fully_connected(") == 3 and "_wide(" not in c

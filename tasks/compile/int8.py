@@ -4,8 +4,10 @@ TVM 0.27's TFLite frontend has no quantized dialect: each int8 op arrives as deq
 (-> clip for a fused activation), and FoldConstant would turn every dequantize(W) into float32 weights. So this
 runs first, on the imported module: FuseOpsByPattern groups each such cluster into a function, RunCodegen hands
 them to `relax.ext.crtforge_int8`, which emits one C function per op calling crt/src/int8.c with its constants
-(packed int8 weights, int32 bias, multipliers and shifts computed as TFLite does, tasks/compile/quantize.py)
-inlined as const arrays. Between two such calls the activations stay int8, so the arena holds int8 tensors.
+(packed int8 weights, int32 bias, multipliers and shifts computed as TFLite does, tasks/compile/quantize.py):
+the small ones inline as const arrays, the weights as constants the module names, which codegen links as data
+with the rest of the model's weights (weights.S). Between two such calls the activations stay int8, so the arena
+holds int8 tensors.
 
 A cluster the kernels do not implement exactly (they take int8 activations with a per-tensor scale and zero point,
 symmetric int8 weights, int32 bias) does not match and runs through TVM's float path instead; `op_summary` counts
@@ -176,6 +178,7 @@ class CArray:
     name: str
     ctype: str
     values: np.ndarray
+    linked: bool = False  # the weights: a constant of the module, linked as data (weights.S), declared extern
 
 
 @dataclass(frozen=True)
@@ -252,7 +255,7 @@ def _fully_connected(symbol: str, r: _Reader, wide: bool) -> Int8Kernel:
     q = qz.channel_quant(x_q.scale, x_q.zero_point, s_w, out_q.scale, out_q.zero_point, act,
                          per_tensor_fc=len(s_w) == 1)
     weights, kernel = _packed(matrix, "crtforge_int8_fully_connected", wide)
-    arrays = [CArray(f"{symbol}_weights", _ctype(weights), weights), *_quant_arrays(symbol, q)]
+    arrays = [CArray(f"{symbol}_weights", _ctype(weights), weights, linked=True), *_quant_arrays(symbol, q)]
     if bias is not None:
         arrays.append(CArray(f"{symbol}_bias", "int32_t", bias))
     call = (f"{kernel}(&{symbol}_q, (const int8_t*)x0->data, {batches}, {k}, "
@@ -357,7 +360,8 @@ def _conv2d(symbol: str, r: _Reader, wide: bool) -> Int8Kernel:
         raise Int8Error(f"{len(s_w)} weight scales for {out_c} output channels")
     s_w = np.resize(s_w, out_c)
     q = qz.channel_quant(x_q.scale, x_q.zero_point, s_w, out_q.scale, out_q.zero_point, act)
-    arrays = [CArray(f"{symbol}_weights", _ctype(weights), weights.reshape(-1)), *_quant_arrays(symbol, q)]
+    arrays = [CArray(f"{symbol}_weights", _ctype(weights), weights.reshape(-1), linked=True),
+              *_quant_arrays(symbol, q)]
     if bias is not None:
         arrays.append(CArray(f"{symbol}_bias", "int32_t", bias))
     b = f"{symbol}_bias" if bias is not None else "NULL"
@@ -551,7 +555,8 @@ def _codegen(described: dict[str, Int8Kernel], funcs, options, constant_names) -
     out = []
     for f in funcs:
         symbol = str(f.attrs["global_symbol"])
-        out.append(create(emit_c(described[symbol]), "c", [symbol], []))
+        k = described[symbol]
+        out.append(create(emit_c(k), "c", [symbol], [a.name for a in k.arrays if a.linked]))
     return out
 
 
@@ -597,6 +602,11 @@ class Partitioned:
     @property
     def workspace(self) -> dict[str, int]:
         return {k.symbol: k.workspace_bytes for k in self.kernels if k.workspace_bytes}
+
+    @property
+    def constants(self) -> dict[str, np.ndarray]:
+        """The constants the modules name (their weights), by name: the build records them with the params."""
+        return {a.name: a.values.reshape(-1) for k in self.kernels for a in k.arrays if a.linked}
 
 
 def partition(mod, prefix: str, wide_weights: bool = False) -> Partitioned:

@@ -328,7 +328,7 @@ def build(source: Path, prefix: str, target_json: dict[str, Any], where: str = "
     add_workspaces(plan, {**workspace, **integer.workspace})
     plan.arena_bytes = plan_arena(plan.storages)
     plan.arena_lower_bound = lower_bound(plan.storages)
-    return BuildResult(plan=plan, params={**params, **ext_constants}, runtime_module=runtime_module,
+    return BuildResult(plan=plan, params={**params, **ext_constants, **integer.constants}, runtime_module=runtime_module,
                        external_modules=tuple(ext_modules))
 
 
