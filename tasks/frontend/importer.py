@@ -83,7 +83,33 @@ def _read_tflite(source: Path):
 
 
 def load_relax(source: Path):
-    """The model as a Relax IRModule with weights bound as constants."""
+    """The model as a Relax IRModule with weights bound as constants, made for inference and for C (see
+    `_for_inference`)."""
+    return _for_inference(_import(source))
+
+
+def _for_inference(mod):
+    """What TVM's C codegen needs of an imported module: no training-only ops (Dropout's output is its input at
+    inference; TVM keeps the op, and its C then fails -Werror=unused-but-set-variable), and `main`'s parameters
+    named as C identifiers (TVM's C names variables after them: an input 'gpu_0/data_0' would not compile).
+    The signature keeps the model's own names."""
+    from tvm import relax
+    from tvm.relax.dpl import is_op, is_tuple_get_item, rewrite_call, wildcard
+
+    main = mod["main"]
+    x = wildcard()
+    main = rewrite_call(is_tuple_get_item(is_op("relax.nn.dropout")(x), 0), lambda _, m: m[x], main)
+    names = [str(p.name) for p in main.params]
+    c_names = unique_c_identifiers(names)
+    if c_names != names:
+        params = [relax.Var(c, p.ty) for c, p in zip(c_names, main.params)]
+        bound = main.bind_params(dict(zip(main.params, params)))
+        main = relax.Function(params, bound.body, attrs=main.attrs)
+    mod["main"] = main
+    return relax.transform.DeadCodeElimination()(mod)
+
+
+def _import(source: Path):
     from tvm.relax.frontend import onnx as relax_onnx
     from tvm.relax.frontend import tflite as relax_tflite
 
