@@ -17,6 +17,7 @@ import numpy as np
 
 from tasks import fsutil
 from tasks.config import ModelConfig
+from tasks.frontend.graph_fixes import Fixed, fold_static_reshapes
 from tasks.layout import ModelFiles
 from tasks.naming import unique_c_identifiers
 from tasks.errors import CrtforgeError
@@ -73,13 +74,26 @@ def _file_io_names(source: Path) -> tuple[list[str], list[str]]:
             [name(sub.Outputs(i)) for i in range(sub.OutputsLength())])
 
 
-def _read_tflite(source: Path):
-    import tflite
-
+def _tflite_bytes(source: Path) -> bytes:
     buf = source.read_bytes()
     if len(buf) < 8 or buf[4:8] != b"TFL3":
         raise ModelImportError(f"{source}: not a TFLite flatbuffer (no 'TFL3' identifier).")
-    return tflite.Model.GetRootAsModel(buf, 0)
+    return buf
+
+
+def _read_tflite(source: Path):
+    """The model file as it is (its operator indices are the ones messages name)."""
+    import tflite
+
+    return tflite.Model.GetRootAsModel(_tflite_bytes(source), 0)
+
+
+def graph_fixes(source: Path) -> Fixed:
+    """The model as TVM's frontend gets it: TFLite files with their static shape computations folded
+    (tasks/frontend/graph_fixes.py); other files as they are."""
+    if source.suffix == ".onnx":
+        return Fixed(b"", ())
+    return fold_static_reshapes(_tflite_bytes(source))
 
 
 def load_relax(source: Path):
@@ -121,7 +135,9 @@ def _import(source: Path):
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="Renaming name")
                 return relax_onnx.from_onnx(model)
-        model = _read_tflite(source)
+        import tflite
+
+        model = tflite.Model.GetRootAsModel(graph_fixes(source).data, 0)
         _check_softmax_beta(model, source)
         return relax_tflite.from_tflite(model)
     except ModelImportError:
@@ -297,5 +313,6 @@ def run_import(source: Path, out_json: Path) -> ModelSignature:
 def write_import(mod, source: Path, out_json: Path) -> ModelSignature:
     sig = signature(mod, source)
     fsutil.write_json(out_json, {"source": source.name, "sha256": fsutil.sha256_file(source),
-                                 "signature": sig.to_dict(), "ops": op_histogram(mod), "macs": count_macs(mod)})
+                                 "signature": sig.to_dict(), "ops": op_histogram(mod), "macs": count_macs(mod),
+                                 "rewrites": list(graph_fixes(source).rewrites)})
     return sig
