@@ -7,6 +7,7 @@ Every error names the file and the key, and says how to fix it. Nothing here imp
 from __future__ import annotations
 
 import difflib
+import re
 import functools
 import math
 import tomllib
@@ -100,6 +101,27 @@ class Memory:
     ram_size: int
     stack_size: int
     heap_size: int
+    regions: tuple["Region", ...] = ()  # its other memories, which a target's `placement` may name
+
+    def region(self, name: str) -> "Region | None":
+        return next((r for r in self.regions if r.name == name), None)
+
+
+@dataclass(frozen=True)
+class Region:
+    """A memory of a bare-metal board besides its flash and RAM: external RAM, TCM, block RAM."""
+    name: str
+    origin: int
+    size: int
+    # The program loader (qemu's -kernel, a debugger) writes its contents, so read-only data may live there; a
+    # memory that holds nothing at reset may only hold zeroed data (the arena).
+    loaded: bool
+
+
+# What a target may place in a named memory (placement = {weights = "...", arena = "..."}): the input sections,
+# named per model (naming.ModelSymbols), and whether they hold bytes to load or only zeros.
+PLACEABLE = {"weights": (".rodata.crtforge.*.weights", False), "arena": (".bss.crtforge.*.arena", True)}
+DEFAULT_PLACEMENT = {"weights": "flash", "arena": "ram"}
 
 
 ARM_DSP_CPUS = frozenset({"cortex-m4", "cortex-m7", "cortex-m33", "cortex-m35p", "cortex-m55", "cortex-m85"})
@@ -211,6 +233,8 @@ class TargetConfig:
     # external codegens (tasks/compile/offload.py) the build partitions for
     offload: tuple[str, ...] = read_by("build", "codegen", "link", default=())
     profile: str = read_by("build", "link", "bench", default="release")
+    # (what, board memory) for the weights and the arena: DEFAULT_PLACEMENT, or the target's `placement`
+    placement: tuple[tuple[str, str], ...] = read_by("link", default=tuple(DEFAULT_PLACEMENT.items()))
 
     @property
     def runner(self) -> str:
@@ -380,12 +404,53 @@ def load_board(name: str, board_dir: Path | tuple[Path, ...] = BOARD_DIR) -> Boa
                               "add [memory] with flash_origin, flash_size, ram_origin, ram_size, stack_size, "
                               "heap_size")
         keys = ("flash_origin", "flash_size", "ram_origin", "ram_size", "stack_size", "heap_size")
-        _check_keys(path, "memory", data["memory"], {k: int for k in keys}, required=keys)
-        memory = Memory(**data["memory"])
+        _check_keys(path, "memory", data["memory"], {**{k: int for k in keys}, "regions": dict}, required=keys)
+        fields = {k: v for k, v in data["memory"].items() if k != "regions"}
+        memory = Memory(**fields, regions=_load_regions(path, data["memory"].get("regions", {})))
     return Board(name=name, file=path, description=data.get("description", ""), kind=data["kind"],
                  triple=data.get("triple", ""), cpu=data.get("cpu", ""), cflags=tuple(data.get("cflags", [])),
                  ldflags=tuple(data.get("ldflags", [])), run=tuple(data["run"]),
                  debian_package=data["debian_package"], memory=memory)
+
+
+def _load_regions(path: Path, tables: dict[str, Any]) -> tuple[Region, ...]:
+    regions = []
+    for name, table in tables.items():
+        key = f"memory.regions.{name}"
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", name) or name in DEFAULT_PLACEMENT.values():
+            raise ConfigError(path, key, "a region's name must be lower-case letters, digits and '_', and not "
+                              "'flash' or 'ram' (the board's own).", "rename the table")
+        if not isinstance(table, dict):
+            raise ConfigError(path, key, "expected a table.", f"write it as [{key}]")
+        _check_keys(path, key, table, {"origin": int, "size": int, "loaded": bool}, required=("origin", "size"))
+        if table["size"] <= 0 or table["origin"] < 0:
+            raise ConfigError(path, key, "origin must be >= 0 and size > 0.")
+        regions.append(Region(name, table["origin"], table["size"], table.get("loaded", False)))
+    return tuple(regions)
+
+
+def _load_placement(file: Path, key: str, table: dict[str, Any], board: Board) -> tuple[tuple[str, str], ...]:
+    """targets.NAME.placement: which memory of the board holds the weights and the arena."""
+    _check_keys(file, key, table, {k: str for k in PLACEABLE})
+    placement = {**DEFAULT_PLACEMENT, **table}
+    names = [*DEFAULT_PLACEMENT.values(), *(r.name for r in (board.memory.regions if board.memory else ()))]
+    for what, region_name in table.items():
+        if board.memory is None:
+            raise ConfigError(file, f"{key}.{what}", f"board '{board.name}' has no memory map to place into.",
+                              f"remove {key}, or use a bare-metal board")
+        region = board.memory.region(region_name)
+        if region_name not in names:
+            raise ConfigError(file, f"{key}.{what}", f"board '{board.name}' has no memory '{region_name}'.",
+                              f"use one of: {', '.join(names)} (boards/{board.name}.toml [memory.regions])")
+        zeroed_only = PLACEABLE[what][1]
+        if region is not None and not region.loaded and not zeroed_only:
+            raise ConfigError(file, f"{key}.{what}", f"memory '{region_name}' holds nothing at reset (its "
+                              "`loaded` is false), and the weights must be there when the program starts.",
+                              "place the weights in flash or in a memory the loader writes")
+        if what == "arena" and region_name == "flash":
+            raise ConfigError(file, f"{key}.arena", "the arena is written at run time: not flash.",
+                              "place it in ram or a RAM region")
+    return tuple(placement.items())
 
 
 def _load_named(file: Path, key: str, name: str, what: str, directory: tuple[Path, ...], cache: dict,
@@ -483,7 +548,8 @@ def _load_target(file: Path, name: str, table: Any, models: dict[str, ModelConfi
     if not isinstance(table, dict):
         raise ConfigError(file, key, "expected a table.", f"write it as [{key}]")
     _check_keys(file, key, table, {"backend": str, "toolchain": str, "board": str, "runner": str, "tvm": dict,
-                                   "models": list, "timeout": (int, float), "offload": list, "profile": str},
+                                   "models": list, "timeout": (int, float), "offload": list, "profile": str,
+                                   "placement": dict},
                 required=("backend", "toolchain"))
     if table["backend"] not in BACKENDS:
         raise ConfigError(file, f"{key}.backend", f"unknown backend '{table['backend']}'.",
@@ -519,8 +585,10 @@ def _load_target(file: Path, name: str, table: Any, models: dict[str, ModelConfi
     _finite(file, f"{key}.timeout", timeout)
     if timeout <= 0:
         raise ConfigError(file, f"{key}.timeout", "must be a positive number of seconds.")
+    placement = _load_placement(file, f"{key}.placement", table.get("placement", {}), board)
     target = TargetConfig(name=name, backend=table["backend"], toolchain=toolchain, board=board, tvm=dict(tvm_opts),
-                          models=tuple(target_models), timeout=timeout, offload=tuple(offload), profile=profile)
+                          models=tuple(target_models), timeout=timeout, offload=tuple(offload), profile=profile,
+                          placement=placement)
     _check_abi(file, key, target)
     return target
 

@@ -76,6 +76,11 @@ class ModelSymbols:
         return f"{self.prefix}_{constant}"
 
     @property
+    def arena_section(self) -> str:
+        """The arena's zero-initialised section (executor.c), placeable like the weights' (config.PLACEABLE)."""
+        return f".bss.crtforge.{self.prefix}.arena"
+
+    @property
     def weights_section(self) -> str:
         """The read-only section of the model's weights (weights.S): a linker script can place it by name."""
         return f".rodata.crtforge.{self.prefix}.weights"

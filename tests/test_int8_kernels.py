@@ -12,14 +12,15 @@ import ctypes
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import jinja2
 import numpy as np
 import pytest
 
 from tasks.compile import quantize as qz
+from tasks.config import load_board
 from tasks.compile.quantize import Activation
+from tasks.toolchain.link import linker_script
 from tests import int8_models as m
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -499,11 +500,7 @@ def test_dsp_path_on_cortex_m4_equals_portable(lib, tmp_path):
                  for k, v in CONV_CASES.items() for wide, fast in VARIANTS]
     src = tmp_path / "main.c"
     src.write_text(PROGRAM.render(cases=[_program_case(p) for p in prepared], scratch=max(p.k for p in prepared)))
-    board = SimpleNamespace(name="mps2-an386", description="int8 kernel test")
-    script = jinja2.Template((CORTEX_M / "link.ld.j2").read_text(), undefined=jinja2.StrictUndefined).render(
-        board=board, flash_origin=0, ram_origin=0x20000000, flash_size=4 << 20, ram_size=4 << 20,
-        stack_size=32768, heap_size=16384)
-    (tmp_path / "link.ld").write_text(script)
+    (tmp_path / "link.ld").write_text(linker_script(load_board("mps2-an386")))
     elf = tmp_path / "int8.elf"
     subprocess.run(["arm-none-eabi-gcc", *M4_FLAGS, "-O2", *WARNINGS, "-I", str(INCLUDE), "--specs=rdimon.specs",
                     "-T", str(tmp_path / "link.ld"), "-Wl,--gc-sections", "-Wl,--no-warn-execstack",

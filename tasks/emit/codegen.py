@@ -317,7 +317,8 @@ def emit_executor(plan: Plan, weights: Weights, sig: ModelSignature, prefix: str
         copies.append({"c_name": spec.c_name, "data": src, "nbytes": t.nbytes})
     return _env().get_template("executor.c.j2").render(
         plan=plan, p=p, P=p.upper(), gen=gen, shapes=shapes, tensors=tensors, calls=calls,
-        bound=bound, copies=copies, weights=weights.executor, external_constants=weights.external)
+        bound=bound, copies=copies, weights=weights.executor, external_constants=weights.external,
+        arena_section=ModelSymbols(prefix).arena_section)
 
 
 def codegen_pair(p: Pair) -> None:

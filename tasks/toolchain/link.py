@@ -19,7 +19,7 @@ import numpy as np
 
 from tasks import fsutil
 from tasks.compile.classify import read_classification
-from tasks.config import PROJECT_ROOT, Board, Memory, TargetConfig, Toolchain
+from tasks.config import DEFAULT_PLACEMENT, PLACEABLE, PROJECT_ROOT, Board, Memory, TargetConfig, Toolchain
 from tasks.emit.codegen import GeneratedFrom, _env, ctype, weight_lines
 from tasks.frontend.importer import ModelSignature, read_signature
 from tasks.layout import PairFiles
@@ -125,15 +125,23 @@ def link_program(target: TargetConfig, objects: list[Path], library: Path, progr
         tmp.unlink(missing_ok=True)
 
 
-def linker_script(board: Board, memory_bytes: int | None = None) -> str:
-    """The board's linker script; `memory_bytes` overrides both memories' sizes (to measure a program)."""
+def linker_script(board: Board, memory_bytes: int | None = None,
+                  placement: tuple[tuple[str, str], ...] = tuple(DEFAULT_PLACEMENT.items())) -> str:
+    """The board's linker script, with the target's placement; `memory_bytes` overrides every memory's size (to
+    measure a program: then the board's other memories move to addresses of their own, above flash and RAM)."""
     mem = board.memory
     assert mem is not None
     template = jinja2.Template(LINKER_SCRIPT_TEMPLATE.read_text(), keep_trailing_newline=True,
-                               undefined=jinja2.StrictUndefined)
+                               undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    placed = [{"what": what, "region": region, "sections": PLACEABLE[what][0], "zeroed": PLACEABLE[what][1]}
+              for what, region in placement if region != DEFAULT_PLACEMENT[what]]
+    regions = mem.regions
+    if memory_bytes:
+        top = max(mem.flash_origin, mem.ram_origin) + memory_bytes
+        regions = tuple(replace(r, origin=top + i * memory_bytes, size=memory_bytes) for i, r in enumerate(regions))
     return template.render(board=board, flash_origin=mem.flash_origin, ram_origin=mem.ram_origin,
                            flash_size=memory_bytes or mem.flash_size, ram_size=memory_bytes or mem.ram_size,
-                           stack_size=mem.stack_size, heap_size=mem.heap_size)
+                           stack_size=mem.stack_size, heap_size=mem.heap_size, regions=regions, placed=placed)
 
 
 def emit_harness_data(sig: ModelSignature, inputs: dict[str, np.ndarray]) -> dict[str, list[dict[str, Any]]]:
@@ -181,8 +189,8 @@ def section_sizes(elf_path: Path, memory: Memory | None = None) -> dict[str, int
     with open(elf_path, "rb") as f:
         for sec in ELFFile(f).iter_sections():
             flags = sec["sh_flags"]
-            if not flags & SH_FLAGS.SHF_ALLOC:
-                continue
+            if not flags & SH_FLAGS.SHF_ALLOC or sec.name.startswith(PLACED_PREFIX):
+                continue  # not loaded, or placed in one of the board's other memories (memory_usage counts those)
             nobits = sec["sh_type"] == "SHT_NOBITS"
             if sec.name in (".heap", ".stack"):
                 kind = sec.name[1:]
@@ -198,6 +206,24 @@ def section_sizes(elf_path: Path, memory: Memory | None = None) -> dict[str, int
     return with_totals(sizes)
 
 
+# The output sections the linker script gives a placement (.crtforge_weights, .crtforge_arena).
+PLACED_PREFIX = ".crtforge_"
+
+
+def memory_usage(elf_path: Path, memory: Memory, placement: tuple[tuple[str, str], ...]) -> dict[str, int]:
+    """Bytes the program takes in each of the board's other memories: what the placement put there."""
+    from elftools.elf.elffile import ELFFile
+
+    where = dict(placement)
+    usage = {r.name: 0 for r in memory.regions}
+    with open(elf_path, "rb") as f:
+        for sec in ELFFile(f).iter_sections():
+            what = sec.name.removeprefix(PLACED_PREFIX)
+            if sec.name.startswith(PLACED_PREFIX) and where.get(what) in usage:
+                usage[where[what]] += sec["sh_size"]
+    return usage
+
+
 def library_sizes(objects: list[Path]) -> dict[str, int]:
     """The same split, summed over the library's objects (no libc, no start-up: what the model costs)."""
     total = dict.fromkeys(SIZE_KEYS, 0)
@@ -208,11 +234,17 @@ def library_sizes(objects: list[Path]) -> dict[str, int]:
     return with_totals(total)
 
 
-def check_fits(model: str, board: Board, sizes: dict[str, int], arena_bytes: int) -> None:
-    """Refuse a program whose flash or RAM (with the board's stack and heap) exceeds the board's."""
+def check_fits(model: str, board: Board, sizes: dict[str, int], arena_bytes: int,
+               usage: dict[str, int] | None = None) -> None:
+    """Refuse a program whose flash, RAM (with the board's stack and heap) or other memory exceeds the board's."""
     mem = board.memory
     assert mem is not None
     kib = lambda n: f"{n / 1024:.1f}"  # noqa: E731
+    for region in mem.regions:
+        need = (usage or {}).get(region.name, 0)
+        if need > region.size:
+            raise CompileError(f"model {model} needs {kib(need)} KiB in memory '{region.name}' of board {board.name}, "
+                               f"which has {kib(region.size)} KiB. HINT: place less there (the target's placement)")
     ram_need = sizes["ram"] + mem.stack_size + mem.heap_size
     if ram_need > mem.ram_size:
         raise CompileError(f"model {model} needs {kib(ram_need)} KiB RAM, board {board.name} has {kib(mem.ram_size)} KiB "
@@ -302,23 +334,25 @@ def link_pair(p: Pair) -> LinkOutputs:
     if target.board.kind == "bare-metal":
         # Link once with outsized memories to learn what the program needs, so that a model too big for the
         # board is refused with figures rather than a linker's "region overflowed".
-        fsutil.write_text(f.measure_linker_script, linker_script(target.board, _MEASURE_BYTES))
+        fsutil.write_text(f.measure_linker_script, linker_script(target.board, _MEASURE_BYTES, target.placement))
         try:
             link_program(target, harness_objects, f.library, f.program, f.measure_linker_script)
         finally:
             f.measure_linker_script.unlink(missing_ok=True)
         try:
-            check_fits(p.model.name, target.board, section_sizes(f.program, target.board.memory), arena_bytes)
+            check_fits(p.model.name, target.board, section_sizes(f.program, target.board.memory), arena_bytes,
+                       memory_usage(f.program, target.board.memory, target.placement))
         except CompileError:
             f.program.unlink()
             raise
         script = f.linker_script
-        fsutil.write_text(script, linker_script(target.board))
+        fsutil.write_text(script, linker_script(target.board, placement=target.placement))
     link_program(target, harness_objects, f.library, f.program, script)
 
     stack = target.board.memory.stack_size if target.board.memory else None
+    memories = memory_usage(f.program, target.board.memory, target.placement) if target.board.memory else {}
     fsutil.write_json(f.sizes_json, {"program": section_sizes(f.program, target.board.memory),
-                                     "library": library_sizes(library_objects),
+                                     "library": library_sizes(library_objects), "memories": memories,
                                      "arena_bytes": arena_bytes, "stack_bytes": stack})
     return LinkOutputs(library=f.library, program=f.program)
 
