@@ -64,3 +64,15 @@ def target(name: str = "t", backend: str = "c", toolchain: str = "host-gcc", boa
            extra: str = "") -> str:
     """A [targets.NAME] table."""
     return f'[targets.{name}]\nbackend = "{backend}"\ntoolchain = "{toolchain}"\nboard = "{board}"\n{extra}\n'
+
+
+@pytest.fixture(scope="session")
+def int8_lib(tmp_path_factory):
+    """crt/src/int8.c built once for the host as a shared library (warning-free), for the kernel tests' ctypes."""
+    import ctypes
+
+    so = tmp_path_factory.mktemp("int8") / "libint8.so"
+    subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-Wall", "-Wextra", "-Werror", "-std=c11", "-I",
+                    str(ROOT / "crt" / "include"), "-o", str(so), str(ROOT / "crt" / "src" / "int8.c")],
+                   check=True, capture_output=True, text=True)
+    return ctypes.CDLL(str(so))

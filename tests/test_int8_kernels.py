@@ -83,13 +83,9 @@ class MulParamsC(ctypes.Structure):
     _fields_ = [(f, ctypes.c_int32) for f in qz.MulParams.__dataclass_fields__]
 
 
-@pytest.fixture(scope="session")
-def lib(tmp_path_factory) -> ctypes.CDLL:
-    """int8.c built once for the host as a shared library."""
-    so = tmp_path_factory.mktemp("int8") / "libint8.so"
-    subprocess.run(["gcc", "-O2", "-shared", "-fPIC", *WARNINGS, "-I", str(INCLUDE), "-o", str(so), str(INT8_C)],
-                   check=True, capture_output=True, text=True)
-    return ctypes.CDLL(str(so))
+@pytest.fixture(scope="module")
+def lib(int8_lib) -> ctypes.CDLL:
+    return int8_lib
 
 
 def _ptr(a: np.ndarray, ctype):

@@ -11,9 +11,7 @@ and inputs whose sums land exactly on a rounding tie, where TFLM's double roundi
 from __future__ import annotations
 
 import ctypes
-import subprocess
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,10 +20,6 @@ from tasks.compile import int8_mean as mn
 from tasks.compile.quantize import round_half_away
 from tests.int8_models import mean_model, reduced_shape
 
-ROOT = Path(__file__).resolve().parent.parent
-MEAN_C = ROOT / "crt" / "src" / "int8.c"
-INCLUDE = ROOT / "crt" / "include"
-WARNINGS = ["-Wall", "-Wextra", "-Werror", "-std=c11"]
 
 
 class MeanParamsC(ctypes.Structure):
@@ -33,12 +27,8 @@ class MeanParamsC(ctypes.Structure):
 
 
 @pytest.fixture(scope="module")
-def lib(tmp_path_factory) -> ctypes.CDLL:
-    """int8.c built once for the host as a shared library."""
-    so = tmp_path_factory.mktemp("int8_mean") / "libint8_mean.so"
-    subprocess.run(["gcc", "-O2", "-shared", "-fPIC", *WARNINGS, "-I", str(INCLUDE), "-o", str(so), str(MEAN_C)],
-                   check=True, capture_output=True, text=True)
-    return ctypes.CDLL(str(so))
+def lib(int8_lib) -> ctypes.CDLL:
+    return int8_lib
 
 
 def _ptr(a: np.ndarray):

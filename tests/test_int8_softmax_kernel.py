@@ -10,8 +10,6 @@ whose exp is 0, wherever beta * s_in is large enough for diff_min to be above -2
 from __future__ import annotations
 
 import ctypes
-import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,10 +18,6 @@ from tasks.compile import int8_softmax as sm
 from tests import int8_models as m
 from tests.int8_models import fb
 
-ROOT = Path(__file__).resolve().parent.parent
-SOFTMAX_C = ROOT / "crt" / "src" / "int8.c"
-INCLUDE = ROOT / "crt" / "include"
-WARNINGS = ["-Wall", "-Wextra", "-Werror", "-std=c11"]
 MAX_DEPTH = sm.MAX_DEPTH  # CRTFORGE_INT8_SOFTMAX_MAX_DEPTH
 
 
@@ -32,12 +26,8 @@ class SoftmaxParamsC(ctypes.Structure):
 
 
 @pytest.fixture(scope="module")
-def lib(tmp_path_factory) -> ctypes.CDLL:
-    """int8.c built once for the host as a shared library."""
-    so = tmp_path_factory.mktemp("int8_softmax") / "libint8_softmax.so"
-    subprocess.run(["gcc", "-O2", "-shared", "-fPIC", *WARNINGS, "-I", str(INCLUDE), "-o", str(so), str(SOFTMAX_C)],
-                   check=True, capture_output=True, text=True)
-    return ctypes.CDLL(str(so))
+def lib(int8_lib) -> ctypes.CDLL:
+    return int8_lib
 
 
 def _ptr(a: np.ndarray):

@@ -307,9 +307,14 @@ def _scratch(nbytes: int) -> int:
     return (nbytes + 15) // 16 * 16
 
 
+def _params_struct(ctype: str, name: str, params: Any) -> str:
+    """The C definition of a kernel's parameter struct from a dataclass or a dict (its names are the C fields)."""
+    items = params.items() if isinstance(params, dict) else vars(params).items()
+    return f"static const {ctype} {name} = {{{', '.join(f'.{k} = {v}' for k, v in items)}}};"
+
+
 def _shape_struct(symbol: str, s: dict[str, int]) -> str:
-    fields = ", ".join(f".{k} = {v}" for k, v in s.items())
-    return f"static const crtforge_int8_conv_shape {symbol}_shape = {{{fields}}};"
+    return _params_struct("crtforge_int8_conv_shape", f"{symbol}_shape", s)
 
 
 def _geometry(x_shape, y_shape, kernel_hw, strides, dilation, padding) -> dict[str, int]:
@@ -405,8 +410,7 @@ def _binary(symbol: str, r: _Reader, name: str) -> Int8Kernel:
     else:
         p = qz.mul_params(a_q.scale, a_q.zero_point, b_q.scale, b_q.zero_point, out_q.scale, out_q.zero_point, act)
         struct_type, op = "crtforge_int8_mul_params", "MUL"
-    fields = ", ".join(f".{k} = {v}" for k, v in vars(p).items())
-    static = f"static const {struct_type} {symbol}_p = {{{fields}}};"
+    static = _params_struct(struct_type, f"{symbol}_p", p)
     call = (f"crtforge_int8_{name}(&{symbol}_p, (const int8_t*)x0->data, (const int8_t*)x1->data, {size}, "
             f"(int8_t*)y->data)")
     return Int8Kernel(symbol, op, f"{size} elements, {act.name}", 2, (), (static,), call, 0, f"crtforge_int8_{name}")
@@ -437,13 +441,28 @@ def _pool(symbol: str, r: _Reader, name: str) -> Int8Kernel:
     return Int8Kernel(symbol, op, summary, 1, (), (_shape_struct(symbol, geo),), call, 0, f"crtforge_int8_{name}")
 
 
-def _softmax(symbol: str, r: _Reader) -> Int8Kernel:
+@dataclass(frozen=True)
+class _Unary:
+    """quantize(op(dequantize(x))): the float op, the input's quantisation and shape, the output's quantisation."""
+    op: Any
+    x_q: Quant
+    out_q: Quant
+    shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+
+
+def _unary(r: _Reader) -> _Unary:
     quant_call, out_q, _, _ = _requant_tail(r)
-    soft = r.arg(quant_call, 0)
-    x_deq = r.arg(soft, 0)
+    op = r.arg(quant_call, 0)
+    x_deq = r.arg(op, 0)
     x, y = x_deq.args[0], r.result
     _check_int8({"input": x, "output": y})
-    shape = _shape(x)
+    return _Unary(op, _dequant_params(r, x_deq), out_q, _shape(x), _shape(y))
+
+
+def _softmax(symbol: str, r: _Reader) -> Int8Kernel:
+    u = _unary(r)
+    soft, out_q, shape = u.op, u.out_q, u.shape
     if int(soft.attrs.axis) not in (-1, len(shape) - 1):
         raise Int8Error(f"softmax over axis {soft.attrs.axis}; TFLite's is the last")
     try:
@@ -453,32 +472,25 @@ def _softmax(symbol: str, r: _Reader) -> Int8Kernel:
     depth, rows = shape[-1], int(np.prod(shape[:-1]))
     if depth > sm.MAX_DEPTH:
         raise Int8Error(f"softmax depth {depth} is above the kernel's {sm.MAX_DEPTH}")
-    p = sm.softmax_params(_dequant_params(r, x_deq).scale, 1.0)
-    fields = ", ".join(f".{k} = {v}" for k, v in vars(p).items())
-    static = f"static const crtforge_int8_softmax_params {symbol}_p = {{{fields}}};"
+    p = sm.softmax_params(u.x_q.scale, 1.0)
+    static = _params_struct("crtforge_int8_softmax_params", f"{symbol}_p", p)
     call = f"crtforge_int8_softmax(&{symbol}_p, (const int8_t*)x0->data, {rows}, {depth}, (int8_t*)y->data)"
     return Int8Kernel(symbol, "SOFTMAX", f"{rows} rows of {depth}", 1, (), (static,), call, 0, "crtforge_int8_softmax")
 
 
 def _mean(symbol: str, r: _Reader) -> Int8Kernel:
-    quant_call, out_q, _, _ = _requant_tail(r)
-    mean = r.arg(quant_call, 0)
-    x_deq = r.arg(mean, 0)
-    x, y = x_deq.args[0], r.result
-    _check_int8({"input": x, "output": y})
-    shape = _shape(x)
+    u = _unary(r)
+    mean, x_q, out_q, shape = u.op, u.x_q, u.out_q, u.shape
     axes = list(range(len(shape))) if mean.attrs.axis is None else [int(a) for a in mean.attrs.axis]
-    x_q = _dequant_params(r, x_deq)
     try:
         outer, reduced, inner = mn.reduction_layout(shape, axes)
         p = mn.mean_params(x_q.scale, x_q.zero_point, out_q.scale, out_q.zero_point, reduced)
     except ValueError as e:
         raise Int8Error(str(e)) from None
-    fields = ", ".join(f".{k} = {v}" for k, v in vars(p).items())
-    static = f"static const crtforge_int8_mean_params {symbol}_p = {{{fields}}};"
+    static = _params_struct("crtforge_int8_mean_params", f"{symbol}_p", p)
     call = (f"crtforge_int8_mean(&{symbol}_p, (const int8_t*)x0->data, {outer}, {reduced}, {inner}, "
             f"(int8_t*)y->data)")
-    summary = f"{'x'.join(map(str, shape))} over axes {axes} -> {'x'.join(map(str, _shape(y)))}"
+    summary = f"{'x'.join(map(str, shape))} over axes {axes} -> {'x'.join(map(str, u.out_shape))}"
     return Int8Kernel(symbol, "MEAN", summary, 1, (), (static,), call, 0, "crtforge_int8_mean")
 
 
