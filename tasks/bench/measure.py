@@ -8,6 +8,7 @@ counts the instructions of `<prefix>_run`. Wall time is measured only against a 
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -195,7 +196,9 @@ def tflm_instructions(model: Path, inputs_npz: Path, names: list[str], scratch: 
     script = scratch / "tflm_invoke.py"
     fsutil.write_text(script, _TFLM_SCRIPT)
     return callgrind_instructions([sys.executable, str(script), str(model), str(inputs_npz), *names],
-                                  "tflite::micro::MicroInterpreter::Invoke()", scratch / "callgrind.tflm.out")
+                                  "tflite::micro::MicroInterpreter::Invoke()",
+                                  # one file per process: peers are measured in parallel, each unlinks its own
+                                  scratch / f"callgrind.tflm.{model.stem}.{os.getpid()}.out")
 
 
 # --- one pair, and the report -----------------------------------------------------------------------------------------
