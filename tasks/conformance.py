@@ -1,4 +1,4 @@
-"""Conformance sweep: the ONNX model tests that ship with the onnx package, through the normal pipeline.
+"""Conformance sweep: the onnx package's model tests and node tests (one op each), through the normal pipeline.
 
 Every test with a `model.onnx` and a `test_data_set_0` becomes a model (its own inputs, its expected
 outputs) built and run on a few of the pipeline's targets by the same stage actions as `doit build`
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import fnmatch
 import importlib.util
+import os
+import shutil
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +23,9 @@ from tasks.naming import c_identifier
 from tasks.layout import ModelFiles, PipelineFiles
 from tasks.pair import PAIR_STAGES, Pair
 
-SUITES = {"pytorch-converted": "pc", "pytorch-operator": "po", "simple": "simple"}
+SUITES = {"pytorch-converted": "pc", "pytorch-operator": "po", "simple": "simple", "node": "node"}
+# The onnx wheel ships the first three as data; the node tests (one op each) only as code, written out by
+# write_node_tests.
 # The pipeline's targets the sweep runs on; the emulated one runs EMULATED_SUITES only, to bound time.
 TARGETS = ("host", "host-llvm", "cortex-m4")
 EMULATED = "cortex-m4"
@@ -57,11 +61,47 @@ def onnx_test_data() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "backend" / "test" / "data"
 
 
-def discover(data: Path, patterns: tuple[str, ...] = ("*",)) -> list[Case]:
-    """Every test with a model and a first data set, in a stable order; `patterns` filter case names."""
+def write_node_tests(dest: Path) -> Path:
+    """The onnx package's node tests (onnx.backend.test.case.node) as test folders like the other suites', under
+    dest/<onnx version>/node/: the wheel has their code but not their data. Only tests whose inputs and outputs
+    are all tensors (1,855 of 1,884 with onnx 1.23). Written once per onnx version, into a temporary folder that
+    is renamed into place, so a half-written set is never read. Returns the folder to discover from."""
+    import warnings
+
+    import onnx
+    from onnx import numpy_helper
+    from onnx.backend.test.case import node
+
+    root = dest / onnx.__version__
+    if (root / "node").is_dir():
+        return root
+    tmp = root / f".node.{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the cases compute their expected outputs with numpy: overflows, log(0)
+        cases = node.collect_testcases()
+    for case in cases:
+        graph = case.model.graph
+        if not all(v.type.HasField("tensor_type") for v in (*graph.input, *graph.output)):
+            continue
+        inputs, outputs = case.data_sets[0]
+        data = tmp / case.name / "test_data_set_0"
+        data.mkdir(parents=True)
+        (tmp / case.name / "model.onnx").write_bytes(case.model.SerializeToString())
+        for kind, values, specs in (("input", inputs, graph.input), ("output", outputs, graph.output)):
+            for j, (value, spec) in enumerate(zip(values, specs)):
+                tensor = value if isinstance(value, onnx.TensorProto) else numpy_helper.from_array(value, spec.name)
+                (data / f"{kind}_{j}.pb").write_bytes(tensor.SerializeToString())
+    tmp.rename(root / "node")
+    return root
+
+
+def discover(data: Path | tuple[Path, ...], patterns: tuple[str, ...] = ("*",)) -> list[Case]:
+    """Every test with a model and a first data set, in a stable order; `patterns` filter case names. `data`:
+    one or more folders holding suites (the onnx package's, write_node_tests')."""
     cases = []
-    for suite in SUITES:
-        for d in sorted((data / suite).iterdir()) if (data / suite).is_dir() else []:
+    for suite, root in ((s, r) for r in (data if isinstance(data, tuple) else (data,)) for s in SUITES):
+        for d in sorted((root / suite).iterdir()) if (root / suite).is_dir() else []:
             if (d / "model.onnx").is_file() and (d / "test_data_set_0").is_dir():
                 case = Case(suite, d.name, d)
                 if any(fnmatch.fnmatch(case.name, p) for p in patterns):

@@ -141,6 +141,8 @@ class PipelineFiles:
     def conformance_json(self) -> Path: return self.out / "conformance.json"
     @property
     def conformance_dir(self) -> Path: return self.out / "conformance"
+    @property
+    def node_tests_dir(self) -> Path: return self.conformance_dir / "_onnx_node_tests"  # written by the sweep
 
     def peer_json(self, peer: str, model: str) -> Path:
         return self.peers_dir / f"{peer}-{model}.json"

@@ -282,9 +282,10 @@ def conformance_tasks(pipeline: Pipeline, patterns: str) -> Iterator[dict[str, A
     conformance task runs (dodo.py delays it), so no other command reads the onnx package's test data."""
     from tasks import conformance
 
-    cases = conformance.discover(conformance.onnx_test_data(),
-                                 tuple(p.strip() for p in patterns.split(",") if p.strip()))
     out = PipelineFiles(pipeline.out / "conformance")
+    node_tests = conformance.write_node_tests(PipelineFiles(pipeline.out).node_tests_dir)
+    cases = conformance.discover((conformance.onnx_test_data(), node_tests),
+                                 tuple(p.strip() for p in patterns.split(",") if p.strip()))
     every_stage = list(deps.code_files("tasks.conformance", *(s.module for s in PAIR_STAGES)))
     vm_files, results = [], []
     for case in cases:

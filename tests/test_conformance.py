@@ -6,9 +6,11 @@ import pytest
 
 from conftest import run_doit
 from tasks import fsutil
-from tasks.conformance import Case, discover, is_upstream, onnx_test_data, report_markdown, summarize
+from tasks.conformance import (Case, discover, is_upstream, onnx_test_data, report_markdown, summarize,
+                               write_node_tests)
 
-SUBSET = "pc_ReLU,pc_Conv2d_depthwise_padded,simple_sequence_model7,simple_strnorm_model_monday_empty_output"
+SUBSET = ("pc_ReLU,pc_Conv2d_depthwise_padded,simple_sequence_model7,simple_strnorm_model_monday_empty_output,"
+          "node_relu")
 
 
 def test_discovery_finds_every_onnx_model_test():
@@ -17,6 +19,17 @@ def test_discovery_finds_every_onnx_model_test():
     assert len(names) == len(set(names)) >= 130
     assert {"pytorch-converted", "pytorch-operator", "simple"} == {c.suite for c in cases}
     assert all((c.dir / "model.onnx").is_file() for c in cases)
+
+
+def test_node_tests_are_written_once_as_test_folders(tmp_path):
+    root = write_node_tests(tmp_path)
+    cases = discover(root)
+    assert len(cases) >= 1500 and {c.suite for c in cases} == {"node"}
+    relu = next(c for c in cases if c.name == "node_relu")
+    assert [p.name for p in relu.files()] == ["model.onnx", "input_0.pb", "output_0.pb"]
+    stamp = (root / "node").stat().st_mtime_ns
+    assert write_node_tests(tmp_path) == root and (root / "node").stat().st_mtime_ns == stamp  # not rewritten
+    assert not list(root.glob(".node.*"))  # no temporary folder left behind
 
 
 def test_globs_select_cases():
@@ -72,12 +85,14 @@ def test_subset_sweep_records_every_outcome(swept):
         assert outcome[(target, "pc_ReLU")]["status"] == "passed"
         assert outcome[(target, "pc_Conv2d_depthwise_padded")]["status"] == "passed"
     assert outcome[("host", "simple_sequence_model7")]["status"] == "passed"  # a tuple inside main
+    assert outcome[("host", "node_relu")]["status"] == "passed"  # a node test, written out by the sweep
+    assert ("cortex-m4", "node_relu") not in outcome
     assert ("cortex-m4", "simple_sequence_model7") not in outcome  # the emulated target runs one suite
     strings = outcome[("host", "simple_strnorm_model_monday_empty_output")]
     assert strings["status"] == "import" and strings["upstream"] and strings["error"]
     assert report["vm"]["simple_strnorm_model_monday_empty_output"]["ok"] is False
     assert report["totals"]["host"]["pass_rate_of_vm_ok"] == 1.0
-    assert "host: 3/4 passed; 3/3 of the tests TVM's VM runs correctly (100.0%)" in first.stdout
+    assert "host: 4/5 passed; 4/4 of the tests TVM's VM runs correctly (100.0%)" in first.stdout
     assert "| pc_ReLU | ok | pass | pass |" in (root / "out" / "conformance.md").read_text()
 
 
