@@ -72,7 +72,7 @@ def swept(tmp_path_factory):
     pipeline.write_text(f'[models.unused]\nsource = "{onnx_test_data()}/pytorch-converted/test_ReLU/model.onnx"\n'
                         '[targets.host]\nbackend = "c"\ntoolchain = "host-gcc"\n'
                         '[targets.cortex-m4]\nbackend = "llvm"\ntoolchain = "arm-none-eabi-gcc"\nboard = "mps2-an386"\n')
-    first = run_doit(pipeline, "conformance", f"conformance={SUBSET}")
+    first = run_doit(pipeline, "-n", "2", "conformance", f"conformance={SUBSET}")  # -n: actions must pickle
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr
     return root, pipeline, first
 

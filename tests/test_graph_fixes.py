@@ -1,13 +1,17 @@
 """Graph fixes before TVM's import: a Keras Flatten as today's TFLite converter writes it (RESHAPE of x by
 PACK(STRIDED_SLICE(SHAPE(x)), -1)), which TVM's TFLite frontend refuses, in float and in int8; folded to a
-constant shape, it builds and passes on host and host-llvm, and import.json says what was rewritten."""
+constant shape, it builds and passes on host and host-llvm, and import.json says what was rewritten. The ONNX
+form (PyTorch's x.view(x.size(0), -1): Shape, Gather, Unsqueeze, Concat, Reshape) needs no rewrite: TVM's ONNX
+frontend folds static shapes itself, which the same test shows."""
 
 from __future__ import annotations
 
 import flatbuffers
 import numpy as np
+import onnx
 import pytest
 import tflite
+from onnx import TensorProto, helper, numpy_helper
 from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as fb
 from tvm.relax.frontend.tflite import from_tflite
 
@@ -100,8 +104,25 @@ def test_tvm_refuses_the_flatten_and_the_fold_fixes_it(int8):
     assert fold_static_reshapes(fixed.data).rewrites == ()  # nothing left to fold: the bytes stay as they are
 
 
+def onnx_flatten_model(path) -> None:
+    """x [1, 4, 4, 3] -> Reshape(x, Concat(Unsqueeze(Gather(Shape(x), 0)), [-1])) -> MatMul to 10."""
+    w = np.random.default_rng(0).standard_normal((48, 10)).astype(np.float32)
+    nodes = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Gather", ["s", "zero"], ["n"], axis=0),
+             helper.make_node("Unsqueeze", ["n", "axes"], ["n1"]),
+             helper.make_node("Concat", ["n1", "minus_one"], ["shape"], axis=0),
+             helper.make_node("Reshape", ["x", "shape"], ["flat"]), helper.make_node("MatMul", ["flat", "w"], ["y"])]
+    inits = [numpy_helper.from_array(np.array(0, np.int64), "zero"), numpy_helper.from_array(np.array([0]), "axes"),
+             numpy_helper.from_array(np.array([-1]), "minus_one"), numpy_helper.from_array(w, "w")]
+    graph = helper.make_graph(nodes, "flatten", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 4, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
 def test_flatten_models_build_and_pass(tmp_path):
-    models = ""
+    onnx_flatten_model(tmp_path / "flatten-onnx.onnx")
+    models = '[models.flatten-onnx]\nsource = "flatten-onnx.onnx"\n'
     for int8 in (False, True):
         name = "flatten-int8" if int8 else "flatten"
         (tmp_path / f"{name}.tflite").write_bytes(flatten_model(int8))
@@ -111,11 +132,13 @@ def test_flatten_models_build_and_pass(tmp_path):
     result = run_doit(pipeline, "-n", "2", "test")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = PipelineFiles(tmp_path / "out")
-    for name in ("flatten", "flatten-int8"):
-        assert fsutil.read_json(out.model(name).import_json)["rewrites"][0].startswith("RESHAPE (operator #3)")
+    assert fsutil.read_json(out.model("flatten-onnx").import_json)["rewrites"] == []
+    for name in ("flatten", "flatten-int8", "flatten-onnx"):
+        if name != "flatten-onnx":
+            assert fsutil.read_json(out.model(name).import_json)["rewrites"][0].startswith("RESHAPE (operator #3)")
         for t, backend in (("host", "c"), ("host-llvm", "llvm")):
             test = fsutil.read_json(out.pair(t, name, name.replace("-", "_"), backend).test_json)
-            assert test["passed"] and test["reference"] == "tflm"
+            assert test["passed"] and test["reference"] == ("onnxruntime" if name == "flatten-onnx" else "tflm")
     # The int8 one runs on crtforge's integer kernel, the reshape an alias.
     plan = fsutil.read_json(out.pair("host", "flatten-int8", "flatten_int8", "c").plan_json)
     assert plan["ops"]["integer"] == {"FULLY_CONNECTED": 1}
