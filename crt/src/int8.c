@@ -89,14 +89,15 @@ typedef struct {
   const int32_t* multiplier;
   const int32_t* shift;
   const int32_t* fast;
+  const float* scale;
   const int32_t* bias;
   int32_t channel_step; /* 1 per channel, 0 per tensor */
   int32_t output_offset, act_min, act_max;
 } requant_t;
 
 static inline requant_t requant_of(const crtforge_int8_channel_quant* q, const int32_t* bias) {
-  requant_t r = {q->multiplier, q->shift, q->fast, bias, q->per_channel ? 1 : 0, q->output_offset, q->act_min,
-                 q->act_max};
+  requant_t r = {q->multiplier, q->shift, q->fast, q->scale, bias, q->per_channel ? 1 : 0, q->output_offset,
+                 q->act_min, q->act_max};
   return r;
 }
 
@@ -108,6 +109,19 @@ static inline int32_t requantize_fast(int32_t acc, const int32_t* f) {
   return (int32_t)(p >> 32) >> f[3];
 }
 
+/* onnxruntime's requantisation (crtforge_int8_channel_quant.scale), clamped to [lo, hi]: the product clamped
+ * to the limits less the offset, then rounded half to even by adding and taking away 1.5 * 2^23, which leaves
+ * an integer in float32 for any |v| < 2^22 (IEEE arithmetic; the kernels are never built with -ffast-math). */
+static inline int8_t requantize_float(int32_t acc, float scale, int32_t offset, int32_t lo, int32_t hi) {
+  const float magic = 12582912.0f;
+  float v = (float)acc * scale;
+  const float vlo = (float)(lo - offset), vhi = (float)(hi - offset);
+  if (v < vlo) v = vlo;
+  if (v > vhi) v = vhi;
+  v = (v + magic) - magic;
+  return (int8_t)((int32_t)v + offset);
+}
+
 /* out[j] = finish(acc[j]) for channels c0 .. c0+n: a function of its own so that its loop keeps the offsets,
  * limits and table pointers in registers (inlined into a MAC loop they spill, and cost ten loads per output). */
 static void __attribute__((noinline)) finish_row(const int32_t* acc, int32_t n, const requant_t* r, int32_t c0,
@@ -115,7 +129,10 @@ static void __attribute__((noinline)) finish_row(const int32_t* acc, int32_t n, 
   const int32_t step = r->channel_step, offset = r->output_offset, lo = r->act_min, hi = r->act_max;
   const int32_t* bias = r->bias ? r->bias + c0 : 0;
   int32_t j;
-  if (r->fast) {
+  if (r->scale) {
+    const float* s = r->scale + step * c0;
+    for (j = 0; j < n; ++j, s += step) out[j] = requantize_float(bias ? acc[j] + bias[j] : acc[j], *s, offset, lo, hi);
+  } else if (r->fast) {
     const int32_t* f = r->fast + 4 * step * c0;
     for (j = 0; j < n; ++j, f += 4 * step) {
       const int32_t a = bias ? acc[j] + bias[j] : acc[j];
@@ -335,7 +352,7 @@ static void dot_rows(const crtforge_int8_channel_quant* q, const int16_t* column
 /* --- fully connected, conv2d ------------------------------------------------------------------------- */
 
 static int32_t bad_quant(const crtforge_int8_channel_quant* q) {
-  return q == 0 || q->multiplier == 0 || q->shift == 0 || q->act_min > q->act_max;
+  return q == 0 || (q->scale == 0 && (q->multiplier == 0 || q->shift == 0)) || q->act_min > q->act_max;
 }
 
 static int32_t fully_connected(const crtforge_int8_channel_quant* q, const int8_t* input, int32_t batches,
@@ -533,6 +550,15 @@ int32_t crtforge_int8_depthwise_conv2d(const crtforge_int8_conv_shape* s, const 
     }
   }
   return 0;
+}
+
+/* --- layout ------------------------------------------------------------------------------------------ */
+
+void crtforge_int8_transpose(const int8_t* src, int32_t batches, int32_t rows, int32_t cols, int8_t* dst) {
+  int32_t b, i, j;
+  for (b = 0; b < batches; ++b, src += rows * cols, dst += rows * cols)
+    for (i = 0; i < rows; ++i)
+      for (j = 0; j < cols; ++j) dst[j * rows + i] = src[i * cols + j];
 }
 
 /* --- elementwise -------------------------------------------------------------------------------------- */

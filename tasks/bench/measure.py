@@ -59,7 +59,7 @@ def size_split(elf: Path, prefix: str, external_constants: set[str], program_siz
     """Flash split into kernels, weights, executor and runtime, the test harness, and libc with the rest;
     RAM into the arena and the rest of data and bss. From the linked program's symbol table."""
     # TVM's constants (<prefix>_c<N>), and the int8 ops' constants in external.c (tasks/compile/int8.py)
-    weights = re.compile(rf"^{re.escape(prefix)}_(c\d+|int8_\d+_\w+_(weights|bias|multiplier|shift|fast))$")
+    weights = re.compile(rf"^{re.escape(prefix)}_(c\d+|int8_\d+_\w+_(weights|bias|multiplier|shift|fast|scale))$")
     flash = dict.fromkeys(("kernels", "weights", "executor_runtime", "harness"), 0)
     arena = 0
     for name, size, where in _symbols(elf, memory):

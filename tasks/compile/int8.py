@@ -56,7 +56,10 @@ def _patterns() -> list[tuple[str, Any]]:
 
     out = []
     for clip in (True, False):
-        weight = _dequantize(is_op("relax.permute_dims")(is_const()) | is_const())
+        # TFLite's [out][in] weights arrive as dequantize(permute_dims(W)); an ONNX Gemm's as
+        # permute_dims(dequantize(W)), a MatMul's [in][out] as dequantize(W).
+        weight = (_dequantize(is_op("relax.permute_dims")(is_const()) | is_const())
+                  | is_op("relax.permute_dims")(_dequantize(is_const())))
         matmul = is_op("relax.matmul")(_dequantize(wildcard()), weight)
         for bias in (True, False):
             body = is_op("relax.add")(matmul, _dequantize(is_const())) if bias else matmul
@@ -64,8 +67,10 @@ def _patterns() -> list[tuple[str, Any]]:
         conv_weight = _dequantize(is_const())
         conv_weight = is_op("relax.reshape")(conv_weight, wildcard()) | conv_weight
         conv = is_op("relax.nn.conv2d")(_dequantize(wildcard()), conv_weight)
+        conv_bias = _dequantize(is_const())
+        conv_bias = is_op("relax.reshape")(conv_bias, wildcard()) | conv_bias  # ONNX's [1][C][1][1]
         for bias in (True, False):
-            body = is_op("relax.add")(conv, _dequantize(is_const())) if bias else conv
+            body = is_op("relax.add")(conv, conv_bias) if bias else conv
             out.append(("conv2d", _requantize(body, clip)))
         for op, name in (("relax.add", "add"), ("relax.multiply", "mul")):
             body = is_op(op)(_dequantize(wildcard()), _dequantize(wildcard()))
@@ -193,6 +198,8 @@ class Int8Kernel:
     call: str                 # the kernel call; x0.., y and scratch are in scope
     workspace_bytes: int = 0
     kernel: str = ""          # the crt function called
+    before: tuple[str, ...] = ()  # C statements before the call (ONNX's NCHW tensors transposed to NHWC)
+    after: tuple[str, ...] = ()   # and after it, when it succeeded
 
 
 def _requant_tail(r: _Reader) -> tuple[Any, Quant, float, float]:
@@ -218,6 +225,8 @@ def _weighted_tail(r: _Reader, quant_call) -> tuple[Any, np.ndarray | None]:
     body = r.arg(quant_call, 0)
     if r.op(body) == "relax.add":
         bias_deq = r.arg(body, 1)
+        if r.op(bias_deq) == "relax.reshape":
+            bias_deq = r.arg(bias_deq, 0)
         bias = _const(r.arg(bias_deq, 0))
         if bias.dtype != np.int32:
             raise Int8Error(f"bias is {bias.dtype}; the integer kernels take int32")
@@ -225,35 +234,43 @@ def _weighted_tail(r: _Reader, quant_call) -> tuple[Any, np.ndarray | None]:
     return body, None
 
 
-def _weight_scales(r: _Reader, deq) -> np.ndarray:
-    """The float32 scales of the weights under a dequantize, which must be symmetric (zero point 0)."""
+def _weight_scales(r: _Reader, deq, channel_axis: int | None = None) -> np.ndarray:
+    """The float32 scales of the weights under a dequantize, which must be symmetric (zero point 0); with
+    several, along `channel_axis` (the output channels' axis) when one is given."""
     if np.any(_const(r.arg(deq, 2)) != 0):
         raise Int8Error("weights have a nonzero zero point; the integer kernels take symmetric weights")
-    return _const(r.arg(deq, 1)).astype(np.float32).reshape(-1)
+    scales = _const(r.arg(deq, 1)).astype(np.float32).reshape(-1)
+    if channel_axis is not None and len(scales) > 1 and int(deq.attrs.axis) != channel_axis:
+        raise Int8Error(f"weight scales along axis {int(deq.attrs.axis)}; the kernels take them per output "
+                        f"channel (axis {channel_axis})")
+    return scales
 
 
-def _fully_connected(symbol: str, r: _Reader, wide: bool) -> Int8Kernel:
+def _fully_connected(symbol: str, r: _Reader, wide: bool, rounding: qz.Rounding) -> Int8Kernel:
     quant_call, out_q, lo, hi = _requant_tail(r)
     matmul, bias = _weighted_tail(r, quant_call)
-    x_deq, w_deq = r.arg(matmul, 0), r.arg(matmul, 1)
+    x_deq, w_expr = r.arg(matmul, 0), r.arg(matmul, 1)
     x_q = _dequant_params(r, x_deq)
-    src = r.arg(w_deq, 0)
-    if r.op(src) == "relax.permute_dims":
-        matrix = _const(r.arg(src, 0))  # TFLite's [out][in], transposed by the frontend
-        axes = [int(a) for a in src.attrs.axes]
-        if axes != [1, 0]:
-            raise Int8Error(f"weight permutation {axes} is not a transpose")
+    if r.op(w_expr) == "relax.permute_dims":  # ONNX Gemm: transpose(dequantize([out][in]))
+        _check_transpose(w_expr)
+        w_deq = r.arg(w_expr, 0)
+        src = r.arg(w_deq, 0)
+        matrix, s_w = _const(src), _weight_scales(r, w_deq, channel_axis=0)
     else:
-        matrix = _const(src).T
-    s_w = _weight_scales(r, w_deq)
+        w_deq = w_expr
+        src = r.arg(w_deq, 0)
+        if r.op(src) == "relax.permute_dims":  # TFLite's [out][in], transposed by the frontend
+            _check_transpose(src)
+            matrix, s_w = _const(r.arg(src, 0)), _weight_scales(r, w_deq)
+        else:  # [in][out]: an ONNX MatMul
+            matrix, s_w = _const(src).T, _weight_scales(r, w_deq, channel_axis=1)
     x = x_deq.args[0]
     _check_int8({"input": x, "weights": src, "output": r.result})
     n, k = matrix.shape
     xs = _shape(x)
     batches = int(np.prod(xs)) // k
     act = _activation(lo, hi, out_q)
-    q = qz.channel_quant(x_q.scale, x_q.zero_point, s_w, out_q.scale, out_q.zero_point, act,
-                         per_tensor_fc=len(s_w) == 1)
+    q = _channel_quant(rounding, x_q, s_w, out_q, act, per_tensor_fc=len(s_w) == 1)
     weights, kernel = _packed(matrix, "crtforge_int8_fully_connected", wide)
     arrays = [CArray(f"{symbol}_weights", _ctype(weights), weights, linked=True), *_quant_arrays(symbol, q)]
     if bias is not None:
@@ -265,6 +282,25 @@ def _fully_connected(symbol: str, r: _Reader, wide: bool) -> Int8Kernel:
     return Int8Kernel(symbol, "FULLY_CONNECTED", f"{batches}x{k} by {n}x{k} int8 weights ({per}), "
                       f"{act.name}", 1, tuple(arrays), (_quant_struct(symbol, q),), call,
                       _scratch(2 * k), kernel)  # the int16 column
+
+
+def _check_transpose(permute) -> None:
+    axes = [int(a) for a in permute.attrs.axes]
+    if axes != [1, 0]:
+        raise Int8Error(f"weight permutation {axes} is not a transpose")
+
+
+def _channel_quant(rounding: qz.Rounding, x_q: Quant, s_w: np.ndarray, out_q: Quant, act: Activation,
+                   per_tensor_fc: bool = False) -> qz.ChannelQuant:
+    """The requantisation constants as the model's reference computes them."""
+    if rounding == qz.Rounding.ONNXRUNTIME:
+        # A ReLU whose limits are int8's own (zero point -128) is no clip at all.
+        if qz.activation_range(act, out_q.scale, out_q.zero_point) != (qz.INT8_MIN, qz.INT8_MAX):
+            raise Int8Error(f"a clip ({act.name}) in an ONNX model; onnxruntime's quantiser folds a ReLU into the "
+                            f"output's range")
+        return qz.onnxruntime_channel_quant(x_q.scale, x_q.zero_point, s_w, out_q.scale, out_q.zero_point)
+    return qz.channel_quant(x_q.scale, x_q.zero_point, s_w, out_q.scale, out_q.zero_point, act,
+                            per_tensor_fc=per_tensor_fc)
 
 
 # On a DSP core (partition's `wide_weights`) a weighted op's int8 weights are widened to int16 when that copy fits
@@ -285,6 +321,8 @@ def _ctype(a: np.ndarray) -> str:
 
 
 def _quant_arrays(symbol: str, q: qz.ChannelQuant) -> list[CArray]:
+    if q.scales is not None:
+        return [CArray(f"{symbol}_scale", "float", q.scales)]
     arrays = [CArray(f"{symbol}_multiplier", "int32_t", q.multipliers),
               CArray(f"{symbol}_shift", "int32_t", q.shifts)]
     fast = qz.fast_requant(q.multipliers, q.shifts)
@@ -294,12 +332,14 @@ def _quant_arrays(symbol: str, q: qz.ChannelQuant) -> list[CArray]:
 
 
 def _quant_struct(symbol: str, q: qz.ChannelQuant) -> str:
-    fast = f"{symbol}_fast" if qz.fast_requant(q.multipliers, q.shifts) is not None else "NULL"
-    return (f"static const crtforge_int8_channel_quant {symbol}_q = {{\n"
+    head = (f"static const crtforge_int8_channel_quant {symbol}_q = {{\n"
             f"    .input_offset = {q.input_offset}, .output_offset = {q.output_offset},\n"
-            f"    .act_min = {q.act_min}, .act_max = {q.act_max},\n"
-            f"    .multiplier = {symbol}_multiplier, .shift = {symbol}_shift, .per_channel = {int(q.per_channel)},\n"
-            f"    .fast = {fast}}};")
+            f"    .act_min = {q.act_min}, .act_max = {q.act_max}, .per_channel = {int(q.per_channel)},\n")
+    if q.scales is not None:  # onnxruntime's float requantisation
+        return head + f"    .multiplier = NULL, .shift = NULL, .fast = NULL, .scale = {symbol}_scale}};"
+    fast = f"{symbol}_fast" if qz.fast_requant(q.multipliers, q.shifts) is not None else "NULL"
+    return head + (f"    .multiplier = {symbol}_multiplier, .shift = {symbol}_shift, .fast = {fast}, "
+                   f".scale = NULL}};")
 
 
 def _scratch(nbytes: int) -> int:
@@ -325,38 +365,49 @@ def _geometry(x_shape, y_shape, kernel_hw, strides, dilation, padding) -> dict[s
             "dilation_h": dilation[0], "dilation_w": dilation[1], "pad_top": padding[0], "pad_left": padding[1]}
 
 
-def _conv2d(symbol: str, r: _Reader, wide: bool) -> Int8Kernel:
+def _conv2d(symbol: str, r: _Reader, wide: bool, rounding: qz.Rounding) -> Int8Kernel:
     quant_call, out_q, lo, hi = _requant_tail(r)
     conv, bias = _weighted_tail(r, quant_call)
     a = conv.attrs
-    if str(a.data_layout) != "NHWC" or str(a.out_layout) != "NHWC":
-        raise Int8Error(f"conv2d layout {a.data_layout}/{a.out_layout}; the kernels take NHWC")
+    layout = (str(a.data_layout), str(a.kernel_layout), str(a.out_layout))
+    nchw = layout == ("NCHW", "OIHW", "NCHW")  # ONNX's
+    if layout[0] != layout[2] or not (nchw or layout[0] == "NHWC"):
+        raise Int8Error(f"conv2d layout {'/'.join(layout)}; the kernels take NHWC, or NCHW/OIHW transposed")
     x_deq, w_expr = r.arg(conv, 0), r.arg(conv, 1)
     x_q = _dequant_params(r, x_deq)
-    depthwise = r.op(w_expr) == "relax.reshape"
-    w_deq = r.arg(w_expr, 0) if depthwise else w_expr
+    reshaped = r.op(w_expr) == "relax.reshape"  # TFLite's depthwise filter, [1][KH][KW][C*M] to HWOI
+    w_deq = r.arg(w_expr, 0) if reshaped else w_expr
     w = _const(r.arg(w_deq, 0))
-    s_w = _weight_scales(r, w_deq)
     x, y = x_deq.args[0], r.result
     _check_int8({"input": x, "weights": r.arg(w_deq, 0), "output": y})
     xs, ys = _shape(x), _shape(y)
+    if nchw:
+        xs, ys = (xs[0], xs[2], xs[3], xs[1]), (ys[0], ys[2], ys[3], ys[1])
+    s_w = _weight_scales(r, w_deq, channel_axis=0 if nchw else None)
     geo = _geometry(xs, ys, (0, 0), [int(v) for v in a.strides], [int(v) for v in a.dilation],
                     [int(v) for v in a.padding])
     groups, in_c, out_c = int(a.groups), xs[3], ys[3]
     act = _activation(lo, hi, out_q)
+    depthwise = reshaped or (nchw and groups == in_c and groups > 1)
     if depthwise:
-        if str(a.kernel_layout) != "HWOI" or groups != in_c or w.shape[-1] != out_c:
+        if nchw:  # OIHW [C*M][1][KH][KW]
+            filt = np.transpose(w[:, 0], (1, 2, 0))
+        elif str(a.kernel_layout) != "HWOI" or groups != in_c or w.shape[-1] != out_c:
             raise Int8Error(f"depthwise conv2d with groups {groups}, kernel layout {a.kernel_layout}")
-        filt = w.reshape(w.shape[-3], w.shape[-2], out_c)  # TFLite's [1][KH][KW][C*M]
+        else:
+            filt = w.reshape(w.shape[-3], w.shape[-2], out_c)
+        if filt.shape[2] != out_c or out_c % in_c:
+            raise Int8Error(f"depthwise conv2d of {in_c} to {out_c} channels")
         geo["kernel_h"], geo["kernel_w"] = filt.shape[0], filt.shape[1]
         geo["depth_multiplier"] = out_c // in_c
         weights, kernel = qz.pack_depthwise(filt, out_c // in_c), "crtforge_int8_depthwise_conv2d"
         scratch = _scratch(4 * out_c)  # one pixel's int32 sums
         op = "DEPTHWISE_CONV_2D"
     else:
-        if str(a.kernel_layout) != "HWIO" or groups != 1:
+        if groups != 1 or not (nchw or str(a.kernel_layout) == "HWIO"):
             raise Int8Error(f"conv2d with groups {groups}, kernel layout {a.kernel_layout}")
-        ohwi = np.transpose(w, (3, 0, 1, 2))  # the frontend's HWIO back to TFLite's OHWI
+        # TFLite's OHWI: from ONNX's OIHW, or from the HWIO TVM's TFLite frontend makes of it.
+        ohwi = np.transpose(w, (0, 2, 3, 1) if nchw else (3, 0, 1, 2))
         geo["kernel_h"], geo["kernel_w"] = ohwi.shape[1], ohwi.shape[2]
         geo["depth_multiplier"] = 1
         weights, kernel = _packed(ohwi.reshape(out_c, -1), "crtforge_int8_conv2d", wide)
@@ -364,19 +415,30 @@ def _conv2d(symbol: str, r: _Reader, wide: bool) -> Int8Kernel:
     if len(s_w) not in (1, out_c):
         raise Int8Error(f"{len(s_w)} weight scales for {out_c} output channels")
     s_w = np.resize(s_w, out_c)
-    q = qz.channel_quant(x_q.scale, x_q.zero_point, s_w, out_q.scale, out_q.zero_point, act)
+    q = _channel_quant(rounding, x_q, s_w, out_q, act)
     arrays = [CArray(f"{symbol}_weights", _ctype(weights), weights.reshape(-1), linked=True),
               *_quant_arrays(symbol, q)]
     if bias is not None:
         arrays.append(CArray(f"{symbol}_bias", "int32_t", bias))
     b = f"{symbol}_bias" if bias is not None else "NULL"
-    scratch_arg = "scratch, " if scratch else ""
-    call = (f"{kernel}(&{symbol}_shape, &{symbol}_q, (const int8_t*)x0->data, {symbol}_weights, {b}, "
-            f"{scratch_arg}(int8_t*)y->data)")
-    summary = (f"{'x'.join(map(str, xs))} -> {'x'.join(map(str, ys))}, kernel {geo['kernel_h']}x{geo['kernel_w']}, "
+    x_arg, y_arg, before, after = "(const int8_t*)x0->data", "(int8_t*)y->data", (), ()
+    if nchw:  # the kernel's NHWC tensors in scratch after its own
+        n, h, w_, c = xs
+        oh, ow, oc = ys[1], ys[2], ys[3]
+        x_bytes = _scratch(int(np.prod(xs)))
+        before = (f"int8_t* const x_nhwc = (int8_t*)scratch + {scratch};",
+                  f"int8_t* const y_nhwc = x_nhwc + {x_bytes};",
+                  f"crtforge_int8_transpose((const int8_t*)x0->data, {n}, {c}, {h * w_}, x_nhwc);")
+        after = (f"crtforge_int8_transpose(y_nhwc, {n}, {oh * ow}, {oc}, (int8_t*)y->data);",)
+        x_arg, y_arg = "x_nhwc", "y_nhwc"
+        scratch += x_bytes + _scratch(int(np.prod(ys)))
+    call = f"{kernel}(&{symbol}_shape, &{symbol}_q, {x_arg}, {symbol}_weights, {b}, scratch, {y_arg})"
+    shown = (_shape(x), _shape(y))
+    summary = (f"{'x'.join(map(str, shown[0]))} -> {'x'.join(map(str, shown[1]))}"
+               f"{' (NCHW)' if nchw else ''}, kernel {geo['kernel_h']}x{geo['kernel_w']}, "
                f"stride {geo['stride_h']}x{geo['stride_w']}, {act.name}")
     return Int8Kernel(symbol, op, summary, 1, tuple(arrays), (_quant_struct(symbol, q), _shape_struct(symbol, geo)),
-                      call, scratch, kernel)
+                      call, scratch, kernel, before, after)
 
 
 _FLOAT_ACTIVATIONS = {(0.0, 6.0): Activation.RELU6, (-1.0, 1.0): Activation.RELU_N1_TO_1}
@@ -510,18 +572,26 @@ def _composite(func) -> tuple[str, Any]:
     return name.split(".", 1)[-1], inner
 
 
-def describe(func, symbol: str, wide_weights: bool = False) -> Int8Kernel:
+def describe(func, symbol: str, wide_weights: bool = False, rounding: qz.Rounding = qz.Rounding.TFLITE) -> Int8Kernel:
     """The C of one matched function (outer, as RunCodegen passes it, or the composite itself)."""
     name, inner = _composite(func)
-    return _describe(name, _Reader.of_function(inner), symbol, wide_weights)
+    return _describe(name, _Reader.of_function(inner), symbol, wide_weights, rounding)
 
 
-def _describe(name: str, r: _Reader, symbol: str, wide_weights: bool = False) -> Int8Kernel:
+# What onnxruntime computes with the kernels' arithmetic: its weighted ops requantise in float (Rounding);
+# its other quantised ops do not follow TFLite's formulas, so they stay on TVM's float path.
+_ONNXRUNTIME_OPS = ("fully_connected", "conv2d")
+
+
+def _describe(name: str, r: _Reader, symbol: str, wide_weights: bool = False,
+              rounding: qz.Rounding = qz.Rounding.TFLITE) -> Int8Kernel:
     try:
+        if rounding == qz.Rounding.ONNXRUNTIME and name not in _ONNXRUNTIME_OPS:
+            raise Int8Error(f"no integer kernel reproduces onnxruntime's {name}")
         if name == "fully_connected":
-            return _fully_connected(symbol, r, wide_weights)
+            return _fully_connected(symbol, r, wide_weights, rounding)
         if name == "conv2d":
-            return _conv2d(symbol, r, wide_weights)
+            return _conv2d(symbol, r, wide_weights, rounding)
         if name in ("add", "mul"):
             return _binary(symbol, r, name)
         if name in ("avg_pool2d", "max_pool2d"):
@@ -535,12 +605,12 @@ def _describe(name: str, r: _Reader, symbol: str, wide_weights: bool = False) ->
     raise Int8Error(f"{symbol}: unknown pattern '{name}'")
 
 
-def _supported(name: str, context) -> bool:
+def _supported(name: str, rounding: qz.Rounding, context) -> bool:
     """Match only what the kernels compute exactly (describing the cluster succeeds); anything else, such as
     int16 activations or asymmetric weights, stays on TVM's float path and is reported as float."""
     r = _Reader(context.matched_expr, dict(context.matched_bindings.items()))
     try:
-        _describe(name, r, "check")
+        _describe(name, r, "check", rounding=rounding)
     except Int8Error:
         return False
     return True
@@ -621,15 +691,16 @@ class Partitioned:
         return {a.name: a.values.reshape(-1) for k in self.kernels for a in k.arrays if a.linked}
 
 
-def partition(mod, prefix: str, wide_weights: bool = False) -> Partitioned:
+def partition(mod, prefix: str, wide_weights: bool = False, rounding: qz.Rounding = qz.Rounding.TFLITE) -> Partitioned:
     """Offload every int8 op cluster the kernels implement; the rest of `mod` is left as it was. `wide_weights`:
-    the target is a DSP core, where small layers get int16 weights (WIDE_WEIGHTS_MAX_BYTES)."""
+    the target is a DSP core, where small layers get int16 weights (WIDE_WEIGHTS_MAX_BYTES); `rounding`: whose
+    requantisation to reproduce (the model format's reference)."""
     import tvm_ffi
     from tvm import relax
 
     described: dict[str, Int8Kernel] = {}
     tvm_ffi.register_global_func(f"relax.ext.{CODEGEN}", functools.partial(_codegen, described), override=True)
-    patterns = [(f"{CODEGEN}.{name}", pat, {}, functools.partial(_supported, name)) for name, pat in _patterns()]
+    patterns = [(f"{CODEGEN}.{name}", pat, {}, functools.partial(_supported, name, rounding)) for name, pat in _patterns()]
     mod = relax.transform.FuseOpsByPattern(patterns, bind_constants=True, annotate_codegen=True)(mod)
     kernels = []
     matched = [(gv, f) for gv, f in mod.functions.items() if f.attrs is not None and f.attrs.get("Codegen") == CODEGEN]
@@ -639,7 +710,7 @@ def partition(mod, prefix: str, wide_weights: bool = False) -> Partitioned:
     for index, (gv, func) in enumerate(matched):
         symbol = ModelSymbols(prefix).int8_op(_composite(func)[0], index)
         mod[gv] = func.with_attr("global_symbol", symbol)
-        kernels.append(describe(func, symbol, wide_weights))
+        kernels.append(describe(func, symbol, wide_weights, rounding))
         described[symbol] = kernels[-1]
     if not kernels:
         return Partitioned(mod)

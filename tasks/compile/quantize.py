@@ -18,6 +18,12 @@ import numpy as np
 INT8_MIN, INT8_MAX = -128, 127
 
 
+class Rounding(enum.Enum):
+    """Whose requantisation a weighted op reproduces: the reference of the model's format decides."""
+    TFLITE = "tflite"            # TFLite files: integer multiplier and shift, TFLite's double rounding
+    ONNXRUNTIME = "onnxruntime"  # ONNX QDQ files: a float32 scale per channel, rounded half to even (MLAS)
+
+
 class Activation(enum.IntEnum):
     """TFLite's ActivationFunctionType values, so a model's option maps straight onto it."""
     NONE = 0
@@ -40,12 +46,13 @@ class ChannelQuant:
     output_offset: int
     act_min: int
     act_max: int
-    multipliers: np.ndarray  # int32 [channels] (or [1] for per-tensor)
+    multipliers: np.ndarray  # int32 [channels] (or [1] for per-tensor); empty with `scales`
     shifts: np.ndarray       # int32, same length
+    scales: np.ndarray | None = None  # float32 [channels]: onnxruntime's requantisation instead
 
     @property
     def per_channel(self) -> bool:
-        return len(self.multipliers) > 1
+        return len(self.multipliers if self.scales is None else self.scales) > 1
 
 
 @dataclass(frozen=True)
@@ -157,6 +164,17 @@ def channel_quant(input_scale: float, input_zp: int, weight_scales: np.ndarray, 
     mult, shift = _multiplier_arrays(reals)
     lo, hi = activation_range(activation, float(s_out), output_zp)
     return ChannelQuant(-int(input_zp), int(output_zp), lo, hi, mult, shift)
+
+
+def onnxruntime_channel_quant(input_scale: float, input_zp: int, weight_scales: np.ndarray, output_scale: float,
+                              output_zp: int) -> ChannelQuant:
+    """Constants of a weighted op of an ONNX QDQ model as onnxruntime computes them (QLinearConv, QGemm,
+    QLinearMatMul): scale[c] = fl32(fl32(s_in * s_w[c]) / s_out), every step in float32. No fused activation:
+    onnxruntime's quantiser folds a ReLU into the output's range."""
+    s_w = np.asarray(weight_scales, dtype=np.float32).reshape(-1)
+    scales = (np.float32(input_scale) * s_w).astype(np.float32) / np.float32(output_scale)
+    empty = np.zeros(0, np.int32)
+    return ChannelQuant(-int(input_zp), int(output_zp), INT8_MIN, INT8_MAX, empty, empty, scales.astype(np.float32))
 
 
 def add_params(s1: float, zp1: int, s2: float, zp2: int, s_out: float, zp_out: int,

@@ -310,7 +310,7 @@ def build(source: Path, prefix: str, target_json: dict[str, Any], where: str = "
     target = make_target(target_json, where)
     try:
         # int8 first: every later pass (the offload's FoldConstant, lowering) would dequantize the weights.
-        integer = int8.partition(load_relax(source), prefix, wide_weights=arm_dsp)
+        integer = int8.partition(load_relax(source), prefix, wide_weights=arm_dsp, rounding=rounding_of(source))
     except int8.Int8Error as e:
         raise BuildError(f"{source}: int8: {e}") from None
     try:
@@ -330,6 +330,12 @@ def build(source: Path, prefix: str, target_json: dict[str, Any], where: str = "
     plan.arena_lower_bound = lower_bound(plan.storages)
     return BuildResult(plan=plan, params={**params, **ext_constants, **integer.constants}, runtime_module=runtime_module,
                        external_modules=tuple(ext_modules))
+
+
+def rounding_of(source: Path) -> "Rounding":
+    """The int8 kernels reproduce the reference of the model's format: onnxruntime for ONNX, TFLM for TFLite."""
+    from tasks.compile.quantize import Rounding
+    return Rounding.ONNXRUNTIME if source.suffix == ".onnx" else Rounding.TFLITE
 
 
 def _float_kernels(kernels: dict[str, Any]) -> set[str]:

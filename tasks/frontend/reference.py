@@ -111,14 +111,26 @@ def expected_outputs(sig: ModelSignature, expected: Path) -> dict[str, np.ndarra
 
 
 def onnxruntime_outputs(source: Path, sig: ModelSignature, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """onnxruntime on the CPU, one thread: the reference for ONNX models."""
+    """onnxruntime on the CPU, one thread: the reference for ONNX models. A QDQ model runs with graph
+    optimisations off, QuantizeLinear/DequantizeLinear as the model writes them: optimised, onnxruntime fuses
+    them into integer kernels whose results depend on the host CPU (on AVX2 without VNNI its u8s8 dot products
+    saturate: up to 10 LSB off on the bench MLP), which no target can be expected to reproduce."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
+    if _is_qdq(source):
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     session = ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
     feed = {i.name: inputs[s.c_name] for i, s in zip(session.get_inputs(), sig.inputs)}
     return {s.c_name: np.asarray(r) for s, r in zip(sig.outputs, session.run(None, feed))}
+
+
+def _is_qdq(source: Path) -> bool:
+    import onnx
+
+    graph = onnx.load(str(source), load_external_data=False).graph
+    return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in graph.node)
 
 
 def tflm_outputs(source: Path, sig: ModelSignature, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

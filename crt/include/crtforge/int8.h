@@ -42,6 +42,10 @@ int32_t crtforge_int8_rounding_divide_by_pot(int32_t x, int32_t exponent);
  *  shift > 0 shifts left (the product wraps as TFLite's does on two's-complement machines); shift >= -31. */
 int32_t crtforge_int8_multiply_by_quantized_multiplier(int32_t x, int32_t multiplier, int32_t shift);
 
+/** dst[b][j][i] = src[b][i][j] for b < batches, i < rows, j < cols: NCHW to NHWC with rows = C and
+ *  cols = H * W, and back with the two swapped. ONNX's convolutions are NCHW; the kernels are NHWC. */
+void crtforge_int8_transpose(const int8_t* src, int32_t batches, int32_t rows, int32_t cols, int8_t* dst);
+
 /* --- fully connected and convolution ------------------------------------------------------------------- */
 
 /** Requantisation of a weighted op (fully connected, conv2d, depthwise conv2d). */
@@ -60,6 +64,10 @@ typedef struct crtforge_int8_channel_quant {
    *  2^30 + 2^(30+e), both roundings' halves moved above the product's 31 fraction bits, and the 2^31 taken for
    *  a negative acc is RoundingDivideByPOT's tie toward zero. One SMLAL instead of about fifteen instructions. */
   const int32_t* fast;
+  /** NULL (TFLite's integer requantisation above), or onnxruntime's: one float32 per multiplier entry,
+   *  fl32(fl32(s_in * s_w[c]) / s_out), and requant(acc) = round_half_even((float)acc * scale[c]), with the
+   *  output offset added after. multiplier, shift and fast are then unused and may be NULL. */
+  const float* scale;
 } crtforge_int8_channel_quant;
 
 /** Packed weights: the layout fully connected and conv2d read (both builds), made by
