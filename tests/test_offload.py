@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import ctypes
+import subprocess
+
 import numpy as np
 import pytest
 
-from conftest import CONV2D, SINE, run_doit
+from conftest import CONV2D, ROOT, SINE, run_doit
 from tasks import fsutil
 from tasks.compile import relax_build
 from tasks.compile.classify import classify, inventory
 from tasks.emit.codegen import GeneratedFrom, emit_executor, external_constants, weights_of
 from tasks.frontend.importer import load_relax, signature
-from tasks.compile.offload import external_modules, partition
+from tasks.compile.offload import external_modules, pack_dense, partition
 
+CRT = ROOT / "crt"
 GEN = GeneratedFrom(model="sine", target="t", source="sine_float.tflite", sha256="0" * 64,
                     tvm_version="0.27.0.post1", header="sine.h")
 
@@ -30,7 +34,36 @@ def test_partition_offloads_every_dense_with_bias():
         assert m.kind == "c" and name.startswith("sine_")
         assert len(m.get_function("get_const_vars")()) == 2
         assert f"int32_t __tvm_ffi_{name}(" in m.inspect_source()
-    assert sorted(v.shape for v in constants.values()) == [(1,), (1, 16), (16,), (16,), (16, 1), (16, 16)]
+    named = {str(n) for m in mods for n in m.get_function("get_const_vars")()}
+    assert named <= set(constants)
+    # The modules name the weights packed (1x16, 16x16, 16x1) and the biases (16, 16, 1).
+    assert sorted(constants[n].shape for n in named) == [(1,), (16,), (16,), (16,), (16,), (256,)]
+    assert sum(n.endswith("_packed_weights") for n in named) == 3
+
+
+def test_pack_dense_blocks_output_columns():
+    w = np.arange(3 * 19, dtype=np.float32).reshape(3, 19)
+    p = pack_dense(w)
+    assert p.shape == (57,) and p.dtype == np.float32
+    np.testing.assert_array_equal(p[:24].reshape(3, 8), w[:, :8])    # first block: [k][8]
+    np.testing.assert_array_equal(p[24:48].reshape(3, 8), w[:, 8:16])
+    np.testing.assert_array_equal(p[48:].reshape(3, 3), w[:, 16:])   # the narrower last block: [k][3]
+
+
+@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (1, 16, 8), (2, 37, 19), (3, 256, 10), (2, 33, 40), (1, 64, 77)])
+def test_dense_kernel_equals_numpy(tmp_path, m, k, n):
+    so = tmp_path / "libdense.so"
+    subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-Wall", "-Wextra", "-Werror", "-I", str(CRT / "include"),
+                    "-o", str(so), str(CRT / "src" / "dense.c")], check=True, capture_output=True, text=True)
+    lib = ctypes.CDLL(str(so))
+    rng = np.random.default_rng(k * n)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    b = rng.standard_normal(n).astype(np.float32)
+    y = np.zeros((m, n), np.float32)
+    ptr = lambda a: a.ctypes.data_as(ctypes.POINTER(ctypes.c_float))  # noqa: E731
+    lib.crtforge_dense_f32(ptr(x), ptr(pack_dense(w)), ptr(b), ptr(y), m, k, n)
+    np.testing.assert_allclose(y, x.astype(np.float64) @ w + b, rtol=1e-5, atol=1e-5)
 
 
 def test_nothing_matches_in_a_convolution():

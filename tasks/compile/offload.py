@@ -1,5 +1,6 @@
 """crtforge's own Relax external codegen, 'crtforge_dense': matmul(x, W) + b, with W and b constants,
-offloaded to a C kernel in crt/ (crtforge_dense_f32).
+offloaded to a C kernel in crt/ (crtforge_dense_f32), which takes W packed in blocks of output columns
+(`pack_dense`, crt/include/crtforge/dense.h).
 
 It is a real producer of external modules: FuseOpsByPattern marks the pattern, RunCodegen calls
 `relax.ext.crtforge_dense`, which returns one C source module per offloaded function. With
@@ -10,6 +11,8 @@ them at start-up, crtforge's codegen resolves them into const arrays instead.
 from __future__ import annotations
 
 from typing import Any
+
+import functools
 
 import numpy as np
 
@@ -53,8 +56,20 @@ def _supported(context) -> bool:
     return int(np.prod(bs)) == ws[1] and bs[-1] == ws[1] and out[-1] == ws[1]
 
 
-def _emit(func, constant_names) -> Any:
-    """One offloaded function as a C source module that names the two constants it needs."""
+BLOCK = 8  # CRTFORGE_DENSE_BLOCK
+
+
+def pack_dense(w: np.ndarray) -> np.ndarray:
+    """W [k][n] as crtforge_dense_f32 reads it: per block of BLOCK output columns (the last n % BLOCK wide),
+    the block's [k][width] values, flat."""
+    k, n = w.shape
+    return np.concatenate([np.ascontiguousarray(w[:, j:j + BLOCK]).reshape(-1) for j in range(0, n, BLOCK)]
+                          ).astype(np.float32)
+
+
+def _emit(packed: dict[str, np.ndarray], func, constant_names) -> Any:
+    """One offloaded function as a C source module that names the two constants it needs: the bias, and the
+    weights packed (added to `packed` under their new name)."""
     import tvm
     from tvm import ir, relax
 
@@ -73,7 +88,8 @@ def _emit(func, constant_names) -> Any:
     if not (isinstance(w, ir.GenericConst) and isinstance(b, ir.GenericConst)
             and w in constant_names and b in constant_names):
         raise OffloadError(f"{symbol}: expected matmul by a constant weight plus a constant bias")
-    weight, bias = str(constant_names[w]), str(constant_names[b])
+    weight, bias = f"{symbol}_packed_weights", str(constant_names[b])
+    packed[weight] = pack_dense(w.value.numpy())
     k, n = (int(d) for d in w.value.shape)
     xshape = _shape(func.params[0])
     m = int(np.prod(xshape)) // k
@@ -81,13 +97,14 @@ def _emit(func, constant_names) -> Any:
     return tvm.get_global_func("runtime.CSourceModuleCreate")(source, "c", [symbol], [weight, bias])
 
 
-def _codegen(funcs, options, constant_names) -> list:
-    return [_emit(f, constant_names) for f in funcs]
+def _codegen(packed: dict[str, np.ndarray], funcs, options, constant_names) -> list:
+    return [_emit(packed, f, constant_names) for f in funcs]
 
 
 def partition(mod, prefix: str, codegens: tuple[str, ...]):
     """Offload what `codegens` match in `mod`; return the module (with `external_mods` and
     `const_name_to_constant` attributes when anything was offloaded)."""
+    import tvm
     import tvm_ffi
     from tvm import relax
 
@@ -96,8 +113,10 @@ def partition(mod, prefix: str, codegens: tuple[str, ...]):
         raise OffloadError(f"unknown external codegen(s) {', '.join(unknown)}; known: {', '.join(OFFLOAD_CODEGENS)}")
     if not codegens:
         return mod
-    # TVM finds external codegens by global name; registering is idempotent (the function has no state).
-    tvm_ffi.register_global_func(f"relax.ext.{_CODEGEN}", _codegen, override=True)
+    # TVM finds external codegens by global name; each partition registers its own, which collects the packed
+    # weights it makes.
+    packed: dict[str, np.ndarray] = {}
+    tvm_ffi.register_global_func(f"relax.ext.{_CODEGEN}", functools.partial(_codegen, packed), override=True)
     mod = relax.transform.FoldConstant()(mod)
     pattern, annotations = _pattern()
     mod = relax.transform.FuseOpsByPattern([(f"{_CODEGEN}.dense_bias", pattern, annotations, _supported)],
@@ -106,7 +125,13 @@ def partition(mod, prefix: str, codegens: tuple[str, ...]):
         if func.attrs is not None and "Codegen" in func.attrs:
             # Prefixed per model, like the kernels, so two models can share a binary.
             mod[gv] = func.with_attr("global_symbol", f"{prefix}_{gv.name_hint}")
-    return relax.transform.RunCodegen()(mod)
+    mod = relax.transform.RunCodegen()(mod)
+    if not packed:
+        return mod
+    # The packed weights join the constants the modules name; the unpacked ones stay behind, named by none.
+    constants = dict(mod.attrs["const_name_to_constant"].items())
+    constants.update({name: tvm.runtime.tensor(a) for name, a in packed.items()})
+    return mod.with_attr("const_name_to_constant", constants)
 
 
 def external_modules(mod) -> tuple[list, dict[str, np.ndarray]]:
