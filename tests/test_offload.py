@@ -8,7 +8,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from conftest import CONV2D, ROOT, SINE, run_doit
+from conftest import CONV2D, CONV2D_DATA, ROOT, SINE, run_doit
 from tasks import fsutil
 from tasks.compile import relax_build
 from tasks.compile.classify import classify, inventory
@@ -27,7 +27,7 @@ def offloaded():
 
 
 def test_partition_offloads_every_dense_with_bias():
-    mods, constants = external_modules(partition(load_relax(SINE), "sine", ("crtforge_dense",)))
+    mods, constants = external_modules(partition(load_relax(SINE), "sine", ("crtforge_dense",)).mod)
     assert len(mods) == 3  # dense 1-16-16-1
     for m in mods:
         [name] = m.get_function("get_func_names")()
@@ -66,9 +66,21 @@ def test_dense_kernel_equals_numpy(tmp_path, m, k, n):
     np.testing.assert_allclose(y, x.astype(np.float64) @ w + b, rtol=1e-5, atol=1e-5)
 
 
-def test_nothing_matches_in_a_convolution():
-    mods, constants = external_modules(partition(load_relax(CONV2D), "conv2d", ("crtforge_dense",)))
-    assert mods == [] and constants == {}
+def test_a_convolution_with_bias_is_offloaded_with_packed_weights():
+    offloaded = partition(load_relax(CONV2D), "conv2d", ("crtforge_dense",))
+    mods, constants = external_modules(offloaded.mod)
+    [m] = mods
+    [name] = m.get_function("get_func_names")()
+    src = m.inspect_source()
+    assert "crtforge_conv2d_f32(&" in src and ".nchw = 1," in src and ".relu = 0," in src
+    packed = f"{name}_packed_weights"
+    assert packed in [str(n) for n in m.get_function("get_const_vars")()]
+    # One pixel's column (kernel_h * kernel_w * in_c floats) and its outputs, padded to 16 bytes.
+    shape = {k.lstrip("."): int(v) for k, v in (line.strip(" ,").split(" = ") for line in src.splitlines()
+                                      if line.strip().startswith(".") and " = " in line and "{" not in line)}
+    column = shape["kernel_h"] * shape["kernel_w"] * shape["in_c"]
+    assert offloaded.workspace == {name: -(-4 * (column + shape["out_c"]) // 16) * 16}
+    assert constants[packed].shape == (column * shape["out_c"],)
 
 
 def test_external_modules_are_classified_dso_with_constants(offloaded):
@@ -108,12 +120,17 @@ def test_no_constant_table_when_no_module_needs_one():
 def test_offload_builds_and_passes_on_host_and_cortex_m4(write_pipeline, tmp_path):
     pipeline = write_pipeline(
         f'[models.sine]\nsource = "{SINE}"\n'
+        f'[models.conv2d]\nsource = "{CONV2D}"\nexpected = "{CONV2D_DATA}"\n'
         '[targets.host-offload]\nbackend = "c"\ntoolchain = "host-gcc"\noffload = ["crtforge_dense"]\n'
         '[targets.m4-offload]\nbackend = "llvm"\ntoolchain = "arm-none-eabi-gcc"\nboard = "mps2-an386"\n'
         'offload = ["crtforge_dense"]\n')
     result = run_doit(pipeline, "test")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr
     assert result.stdout.count("dso:1 dso+constants:3") == 2
+    for target in ("host-offload", "m4-offload"):  # the convolution through crtforge_conv2d_f32, against onnx's data
+        d = tmp_path / "out" / target / "conv2d"
+        assert fsutil.read_json(d / "test.json")["passed"] is True
+        assert "crtforge_conv2d_f32(&" in (d / "external.c").read_text()
     for target in ("host-offload", "m4-offload"):
         d = tmp_path / "out" / target / "sine"
         assert fsutil.read_json(d / "test.json")["passed"] is True

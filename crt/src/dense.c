@@ -94,9 +94,73 @@ void crtforge_dense_f32(const float* x, const float* w, const float* bias, float
       for (c = 0; c < BLOCK; ++c) y[j + c] = bias[j + c];
       block8(x, wb, k, y + j);
     }
-    /* The last, narrower block: [k][rest]. */
-    for (c = 0; c < rest; ++c) y[blocked + c] = bias[blocked + c];
-    for (p = 0; p < k; ++p)
-      for (c = 0; c < rest; ++c) y[blocked + c] += x[p] * wb[p * rest + c];
+    if (rest) { /* the last, narrower block: [k][rest] */
+      for (c = 0; c < rest; ++c) y[blocked + c] = bias[blocked + c];
+      for (p = 0; p < k; ++p)
+        for (c = 0; c < rest; ++c) y[blocked + c] += x[p] * wb[p * rest + c];
+    }
   }
+}
+
+/* The input column of output pixel (oy, ox): [ky][kx][c], zero where the window leaves the image. A window row
+ * inside the image is one run of kernel_w * in_c floats in NHWC (dilation 1), or in_c runs of kernel_w in NCHW. */
+static void gather_column(const crtforge_conv2d_f32_shape* s, const float* image, int32_t oy, int32_t ox,
+                          float* column) {
+  const int32_t h = s->in_h, w = s->in_w, ch = s->in_c, kw = s->kernel_w, dil = s->dilation_w, row = kw * ch;
+  const int32_t ix0 = ox * s->stride_w - s->pad_left, ix_last = ix0 + (kw - 1) * dil;
+  const int32_t inside = ix0 >= 0 && ix_last < w;
+  int32_t ky, kx, c;
+  for (ky = 0; ky < s->kernel_h; ++ky, column += row) {
+    const int32_t iy = oy * s->stride_h - s->pad_top + ky * s->dilation_h;
+    if (iy < 0 || iy >= h) {
+      for (c = 0; c < row; ++c) column[c] = 0.0f;
+    } else if (s->nchw && inside && dil == 1) {
+      const float* src = image + iy * w + ix0;
+      for (c = 0; c < ch; ++c, src += h * w)
+        for (kx = 0; kx < kw; ++kx) column[kx * ch + c] = src[kx];
+    } else if (s->nchw) {
+      const float* src = image + iy * w + ix0;
+      for (c = 0; c < ch; ++c, src += h * w)
+        for (kx = 0; kx < kw; ++kx) {
+          const int32_t ix = ix0 + kx * dil;
+          column[kx * ch + c] = (ix >= 0 && ix < w) ? src[kx * dil] : 0.0f;
+        }
+    } else if (inside && dil == 1) {
+      const float* src = image + (iy * w + ix0) * ch;
+      for (c = 0; c < row; ++c) column[c] = src[c];
+    } else {
+      for (kx = 0; kx < kw; ++kx) {
+        const int32_t ix = ix0 + kx * dil;
+        const float* src = image + (iy * w + ix) * ch;
+        for (c = 0; c < ch; ++c) column[kx * ch + c] = (ix >= 0 && ix < w) ? src[c] : 0.0f;
+      }
+    }
+  }
+}
+
+int32_t crtforge_conv2d_f32(const crtforge_conv2d_f32_shape* s, const float* x, const float* w, const float* bias,
+                            float* scratch, float* y) {
+  const int32_t k = s->kernel_h * s->kernel_w * s->in_c, pixels = s->out_h * s->out_w, oc = s->out_c;
+  float* const column = scratch;
+  float* const pixel = scratch + k; /* one pixel's outputs, for NCHW's scatter */
+  int32_t b, oy, ox, c;
+  if (k <= 0 || oc <= 0 || s->stride_h <= 0 || s->stride_w <= 0 || s->dilation_h <= 0 || s->dilation_w <= 0)
+    return -1;
+  for (b = 0; b < s->batches; ++b) {
+    const float* image = x + b * s->in_h * s->in_w * s->in_c;
+    float* out = y + b * pixels * oc;
+    for (oy = 0; oy < s->out_h; ++oy) {
+      for (ox = 0; ox < s->out_w; ++ox) {
+        const int32_t at = oy * s->out_w + ox;
+        float* dst = s->nchw ? pixel : out + at * oc;
+        gather_column(s, image, oy, ox, column);
+        crtforge_dense_f32(column, w, bias, dst, 1, k, oc);
+        if (s->relu)
+          for (c = 0; c < oc; ++c) dst[c] = dst[c] > 0.0f ? dst[c] : 0.0f;
+        if (s->nchw)
+          for (c = 0; c < oc; ++c) out[c * pixels + at] = dst[c];
+      }
+    }
+  }
+  return 0;
 }

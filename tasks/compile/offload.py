@@ -1,6 +1,6 @@
-"""crtforge's own Relax external codegen, 'crtforge_dense': matmul(x, W) + b, with W and b constants,
-offloaded to a C kernel in crt/ (crtforge_dense_f32), which takes W packed in blocks of output columns
-(`pack_dense`, crt/include/crtforge/dense.h).
+"""crtforge's own Relax external codegen, 'crtforge_dense': float32 matmul(x, W) + b and conv2d(x, W) + b
+(+ ReLU), with W and b constants, offloaded to C kernels in crt/ (crtforge_dense_f32, crtforge_conv2d_f32),
+which take W packed in blocks of output columns (`pack_dense`, crt/include/crtforge/dense.h).
 
 It is a real producer of external modules: FuseOpsByPattern marks the pattern, RunCodegen calls
 `relax.ext.crtforge_dense`, which returns one C source module per offloaded function. With
@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import functools
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -34,6 +35,36 @@ def _pattern():
     matmul = is_op("relax.matmul")(x, weight)
     add = is_op("relax.add")(matmul, bias)
     return add, {"x": x, "weight": weight, "bias": bias, "matmul": matmul, "add": add}
+
+
+def _conv_pattern(relu: bool):
+    from tvm.relax.dpl import is_const, is_op, wildcard
+
+    x, weight, bias = wildcard(), is_const(), is_const()
+    conv = is_op("relax.nn.conv2d")(x, weight)
+    add = is_op("relax.add")(conv, bias)
+    out = is_op("relax.nn.relu")(add) if relu else add
+    return out, {"x": x, "weight": weight, "bias": bias, "conv": conv, "add": add, "out": out}
+
+
+# The layouts crtforge_conv2d_f32 takes: (data, kernel, out) -> nchw flag.
+_CONV_LAYOUTS = {("NCHW", "OIHW", "NCHW"): 1, ("NHWC", "HWIO", "NHWC"): 0}
+
+
+def _conv_supported(context) -> bool:
+    """float32 conv2d, groups 1, ONNX's or TFLite's layout, plus a constant bias of one value per channel."""
+    parts = context.annotated_expr
+    conv, bias, out = parts["conv"], parts["bias"], parts["out"]
+    a = conv.attrs
+    if (str(a.data_layout), str(a.kernel_layout), str(a.out_layout)) not in _CONV_LAYOUTS or int(a.groups) != 1:
+        return False
+    if any(str(e.ty.dtype) != "float32" for e in (parts["x"], parts["weight"], bias, out)):
+        return False
+    os_, bs = _shape(out), _shape(bias)
+    if os_ is None or bs is None or len(os_) != 4:
+        return False
+    channels = os_[1] if str(a.out_layout) == "NCHW" else os_[3]
+    return int(np.prod(bs)) == channels and max(bs) == channels
 
 
 def _shape(expr) -> tuple[int, ...] | None:
@@ -97,13 +128,78 @@ def _emit(packed: dict[str, np.ndarray], func, constant_names) -> Any:
     return tvm.get_global_func("runtime.CSourceModuleCreate")(source, "c", [symbol], [weight, bias])
 
 
-def _codegen(packed: dict[str, np.ndarray], funcs, options, constant_names) -> list:
-    return [_emit(packed, f, constant_names) for f in funcs]
+def _calls(func) -> dict[str, Any]:
+    """The calls in an offloaded function, by op name."""
+    from tvm import ir, relax
+
+    calls: dict[str, Any] = {}
+
+    def visit(expr):
+        if isinstance(expr, relax.Call) and isinstance(expr.op, ir.Op):
+            calls[expr.op.name] = expr
+
+    relax.analysis.post_order_visit(func.body, visit)
+    return calls
 
 
-def partition(mod, prefix: str, codegens: tuple[str, ...]):
-    """Offload what `codegens` match in `mod`; return the module (with `external_mods` and
-    `const_name_to_constant` attributes when anything was offloaded)."""
+def _emit_conv(found: "Offloaded", func, constant_names) -> Any:
+    """One offloaded conv2d + bias (+ ReLU) as a C source module naming its packed weights and its bias."""
+    import tvm
+    from tvm import ir
+
+    from tasks.emit.codegen import _env
+
+    symbol = str(func.attrs["global_symbol"])
+    calls = _calls(func)
+    conv, add = calls["relax.nn.conv2d"], calls["relax.add"]
+    w, b = conv.args[1], add.args[1]
+    if not (isinstance(w, ir.GenericConst) and isinstance(b, ir.GenericConst) and b in constant_names):
+        raise OffloadError(f"{symbol}: expected conv2d by a constant weight plus a constant bias")
+    a = conv.attrs
+    nchw = _CONV_LAYOUTS[(str(a.data_layout), str(a.kernel_layout), str(a.out_layout))]
+    weights = w.value.numpy()
+    # W as [k][out_c], k in the column's order (ky, kx, c).
+    matrix = np.transpose(weights, (2, 3, 1, 0)) if nchw else weights
+    out_c = matrix.shape[-1]
+    weight = f"{symbol}_packed_weights"
+    found.constants[weight] = pack_dense(matrix.reshape(-1, out_c))
+    xs, ys = _shape(func.params[0]), _shape(conv)
+    if nchw:
+        xs, ys = (xs[0], xs[2], xs[3], xs[1]), (ys[0], ys[2], ys[3], ys[1])
+    kh, kw = (matrix.shape[0], matrix.shape[1])
+    pad = [int(v) for v in a.padding]
+    shape = {"batches": xs[0], "in_h": xs[1], "in_w": xs[2], "in_c": xs[3], "out_h": ys[1], "out_w": ys[2],
+             "out_c": ys[3], "kernel_h": kh, "kernel_w": kw, "stride_h": int(a.strides[0]),
+             "stride_w": int(a.strides[1]), "dilation_h": int(a.dilation[0]), "dilation_w": int(a.dilation[1]),
+             "pad_top": pad[0], "pad_left": pad[1], "nchw": nchw, "relu": int("relax.nn.relu" in calls)}
+    scratch = 4 * (kh * kw * xs[3] + ys[3])  # CRTFORGE_CONV2D_F32_SCRATCH
+    found.workspace[symbol] = (scratch + 15) // 16 * 16
+    source = _env().get_template("offload_conv2d.c.j2").render(
+        symbol=symbol, weight=weight, bias=str(constant_names[b]), k=kh * kw * xs[3], shape=shape,
+        workspace=found.workspace[symbol], layout="NCHW" if nchw else "NHWC")
+    return tvm.get_global_func("runtime.CSourceModuleCreate")(source, "c", [symbol], [weight, str(constant_names[b])])
+
+
+def _codegen(found: "Offloaded", funcs, options, constant_names) -> list:
+    out = []
+    for f in funcs:
+        if "relax.nn.conv2d" in _calls(f):
+            out.append(_emit_conv(found, f, constant_names))
+        else:
+            out.append(_emit(found.constants, f, constant_names))
+    return out
+
+
+@dataclass
+class Offloaded:
+    mod: Any
+    constants: dict[str, np.ndarray] = field(default_factory=dict)  # the packed weights, by the name C uses
+    workspace: dict[str, int] = field(default_factory=dict)        # bytes of scratch, by offloaded function
+
+
+def partition(mod, prefix: str, codegens: tuple[str, ...]) -> Offloaded:
+    """Offload what `codegens` match in `mod`: the module (with `external_mods` and `const_name_to_constant`
+    attributes when anything was offloaded), and the scratch each offloaded function needs."""
     import tvm
     import tvm_ffi
     from tvm import relax
@@ -112,26 +208,28 @@ def partition(mod, prefix: str, codegens: tuple[str, ...]):
     if unknown:
         raise OffloadError(f"unknown external codegen(s) {', '.join(unknown)}; known: {', '.join(OFFLOAD_CODEGENS)}")
     if not codegens:
-        return mod
+        return Offloaded(mod)
     # TVM finds external codegens by global name; each partition registers its own, which collects the packed
-    # weights it makes.
-    packed: dict[str, np.ndarray] = {}
-    tvm_ffi.register_global_func(f"relax.ext.{_CODEGEN}", functools.partial(_codegen, packed), override=True)
+    # weights and the scratch of what it emits.
+    found = Offloaded(None)
+    tvm_ffi.register_global_func(f"relax.ext.{_CODEGEN}", functools.partial(_codegen, found), override=True)
     mod = relax.transform.FoldConstant()(mod)
     pattern, annotations = _pattern()
-    mod = relax.transform.FuseOpsByPattern([(f"{_CODEGEN}.dense_bias", pattern, annotations, _supported)],
-                                           bind_constants=True, annotate_codegen=True)(mod)
+    patterns = [(f"{_CODEGEN}.conv2d_bias_relu", *_conv_pattern(True), _conv_supported),
+                (f"{_CODEGEN}.conv2d_bias", *_conv_pattern(False), _conv_supported),
+                (f"{_CODEGEN}.dense_bias", pattern, annotations, _supported)]
+    mod = relax.transform.FuseOpsByPattern(patterns, bind_constants=True, annotate_codegen=True)(mod)
     for gv, func in list(mod.functions.items()):
         if func.attrs is not None and "Codegen" in func.attrs:
             # Prefixed per model, like the kernels, so two models can share a binary.
             mod[gv] = func.with_attr("global_symbol", f"{prefix}_{gv.name_hint}")
     mod = relax.transform.RunCodegen()(mod)
-    if not packed:
-        return mod
-    # The packed weights join the constants the modules name; the unpacked ones stay behind, named by none.
-    constants = dict(mod.attrs["const_name_to_constant"].items())
-    constants.update({name: tvm.runtime.tensor(a) for name, a in packed.items()})
-    return mod.with_attr("const_name_to_constant", constants)
+    if found.constants:
+        # The packed weights join the constants the modules name; the unpacked ones stay behind, named by none.
+        constants = dict(mod.attrs["const_name_to_constant"].items())
+        constants.update({name: tvm.runtime.tensor(a) for name, a in found.constants.items()})
+        mod = mod.with_attr("const_name_to_constant", constants)
+    return Offloaded(mod, found.constants, found.workspace)
 
 
 def external_modules(mod) -> tuple[list, dict[str, np.ndarray]]:

@@ -314,9 +314,10 @@ def build(source: Path, prefix: str, target_json: dict[str, Any], where: str = "
     except int8.Int8Error as e:
         raise BuildError(f"{source}: int8: {e}") from None
     try:
-        mod = partition(integer.mod, prefix, offload)
+        offloaded = partition(integer.mod, prefix, offload)
     except OffloadError as e:
         raise BuildError(f"{source}: offload: {e}") from None
+    mod = offloaded.mod
     ext_modules, ext_constants = external_modules(mod)  # the int8 ones too: RunCodegen keeps earlier modules
     external = frozenset(f for m in ext_modules for f in _functions(m))
     lowered = lower(mod, target, profile)
@@ -325,7 +326,7 @@ def build(source: Path, prefix: str, target_json: dict[str, Any], where: str = "
     runtime_module, workspace = compile_kernels(kernels, lowered.attrs, target, profile)
     for ext in ext_modules:
         runtime_module.import_module(ext)
-    add_workspaces(plan, {**workspace, **integer.workspace})
+    add_workspaces(plan, {**workspace, **integer.workspace, **offloaded.workspace})
     plan.arena_bytes = plan_arena(plan.storages)
     plan.arena_lower_bound = lower_bound(plan.storages)
     return BuildResult(plan=plan, params={**params, **ext_constants, **integer.constants}, runtime_module=runtime_module,

@@ -30,6 +30,28 @@ extern "C" {
 void crtforge_dense_f32(const float* x, const float* w, const float* bias, float* y, int32_t m, int32_t k,
                         int32_t n);
 
+/** A float32 convolution's geometry (groups 1). */
+typedef struct crtforge_conv2d_f32_shape {
+  int32_t batches, in_h, in_w, in_c, out_h, out_w, out_c;
+  int32_t kernel_h, kernel_w, stride_h, stride_w, dilation_h, dilation_w, pad_top, pad_left;
+  int32_t nchw; /**< nonzero: input and output are NCHW (ONNX), else NHWC (TFLite) */
+  int32_t relu; /**< nonzero: max(0, .) fused */
+} crtforge_conv2d_f32_shape;
+
+/** Floats of scratch crtforge_conv2d_f32 needs: one output pixel's input column, and its outputs. */
+#define CRTFORGE_CONV2D_F32_SCRATCH(s) ((s)->kernel_h * (s)->kernel_w * (s)->in_c + (s)->out_c)
+
+/**
+ * y = conv2d(x, W) + bias (then ReLU when s->relu), one output pixel at a time: the pixel's input column
+ * ([kernel_h][kernel_w][in_c], zeros in the padding) is gathered into scratch, then multiplied by W as a dense
+ * layer (crtforge_dense_f32) of k = kernel_h * kernel_w * in_c inputs and out_c outputs.
+ * \param[in] w W as [k][out_c] (rows in the column's order) packed by tasks/compile/offload.py `pack_dense`
+ * \param scratch CRTFORGE_CONV2D_F32_SCRATCH(s) floats
+ * \return 0, or -1 for a shape it does not take
+ */
+int32_t crtforge_conv2d_f32(const crtforge_conv2d_f32_shape* s, const float* x, const float* w, const float* bias,
+                            float* scratch, float* y);
+
 #ifdef __cplusplus
 }
 #endif
