@@ -75,11 +75,11 @@ def test_a_convolution_with_bias_is_offloaded_with_packed_weights():
     assert "crtforge_conv2d_f32(&" in src and ".nchw = 1," in src and ".relu = 0," in src
     packed = f"{name}_packed_weights"
     assert packed in [str(n) for n in m.get_function("get_const_vars")()]
-    # One pixel's column (kernel_h * kernel_w * in_c floats) and its outputs, padded to 16 bytes.
+    # One output row's columns (kernel_h * kernel_w * in_c floats a pixel) and outputs, padded to 16 bytes.
     shape = {k.lstrip("."): int(v) for k, v in (line.strip(" ,").split(" = ") for line in src.splitlines()
                                       if line.strip().startswith(".") and " = " in line and "{" not in line)}
     column = shape["kernel_h"] * shape["kernel_w"] * shape["in_c"]
-    assert offloaded.workspace == {name: -(-4 * (column + shape["out_c"]) // 16) * 16}
+    assert offloaded.workspace == {name: -(-4 * shape["out_w"] * (column + shape["out_c"]) // 16) * 16}
     assert constants[packed].shape == (column * shape["out_c"],)
 
 
@@ -117,9 +117,29 @@ def test_no_constant_table_when_no_module_needs_one():
     assert "external modules need" not in text and "const_loader" not in text
 
 
+def conv_relu_model(path) -> None:
+    """Conv 3x3 of 5 to 12 channels (a block of 8 and a narrower one of 4) + ReLU on a 7x9 NCHW input: 9 pixels
+    a row, so Cortex-M4F's two-pixel kernel also leaves one pixel alone."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(9)
+    inits = [numpy_helper.from_array(rng.standard_normal((12, 5, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.standard_normal(12).astype(np.float32), "b")]
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["y"])]
+    graph = helper.make_graph(nodes, "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 5, 7, 9])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 12, 7, 9])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
 def test_offload_builds_and_passes_on_host_and_cortex_m4(write_pipeline, tmp_path):
+    conv_relu_model(tmp_path / "conv12.onnx")
     pipeline = write_pipeline(
         f'[models.sine]\nsource = "{SINE}"\n'
+        f'[models.conv12]\nsource = "{tmp_path / "conv12.onnx"}"\n'
         f'[models.conv2d]\nsource = "{CONV2D}"\nexpected = "{CONV2D_DATA}"\n'
         '[targets.host-offload]\nbackend = "c"\ntoolchain = "host-gcc"\noffload = ["crtforge_dense"]\n'
         '[targets.m4-offload]\nbackend = "llvm"\ntoolchain = "arm-none-eabi-gcc"\nboard = "mps2-an386"\n'
@@ -127,10 +147,13 @@ def test_offload_builds_and_passes_on_host_and_cortex_m4(write_pipeline, tmp_pat
     result = run_doit(pipeline, "test")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr
     assert result.stdout.count("dso:1 dso+constants:3") == 2
-    for target in ("host-offload", "m4-offload"):  # the convolution through crtforge_conv2d_f32, against onnx's data
-        d = tmp_path / "out" / target / "conv2d"
-        assert fsutil.read_json(d / "test.json")["passed"] is True
-        assert "crtforge_conv2d_f32(&" in (d / "external.c").read_text()
+    # The convolutions through crtforge_conv2d_f32, against the onnx package's data and onnxruntime.
+    for target in ("host-offload", "m4-offload"):
+        for model in ("conv2d", "conv12"):
+            d = tmp_path / "out" / target / model
+            assert fsutil.read_json(d / "test.json")["passed"] is True, (target, model)
+            assert "crtforge_conv2d_f32(&" in (d / "external.c").read_text()
+    assert ".relu = 1," in (tmp_path / "out" / "m4-offload" / "conv12" / "external.c").read_text()
     for target in ("host-offload", "m4-offload"):
         d = tmp_path / "out" / target / "sine"
         assert fsutil.read_json(d / "test.json")["passed"] is True

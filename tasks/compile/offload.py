@@ -172,7 +172,7 @@ def _emit_conv(found: "Offloaded", func, constant_names) -> Any:
              "out_c": ys[3], "kernel_h": kh, "kernel_w": kw, "stride_h": int(a.strides[0]),
              "stride_w": int(a.strides[1]), "dilation_h": int(a.dilation[0]), "dilation_w": int(a.dilation[1]),
              "pad_top": pad[0], "pad_left": pad[1], "nchw": nchw, "relu": int("relax.nn.relu" in calls)}
-    scratch = 4 * (kh * kw * xs[3] + ys[3])  # CRTFORGE_CONV2D_F32_SCRATCH
+    scratch = 4 * ys[2] * (kh * kw * xs[3] + ys[3])  # CRTFORGE_CONV2D_F32_SCRATCH: a row of pixels
     found.workspace[symbol] = (scratch + 15) // 16 * 16
     source = _env().get_template("offload_conv2d.c.j2").render(
         symbol=symbol, weight=weight, bias=str(constant_names[b]), k=kh * kw * xs[3], shape=shape,

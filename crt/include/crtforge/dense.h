@@ -38,13 +38,14 @@ typedef struct crtforge_conv2d_f32_shape {
   int32_t relu; /**< nonzero: max(0, .) fused */
 } crtforge_conv2d_f32_shape;
 
-/** Floats of scratch crtforge_conv2d_f32 needs: one output pixel's input column, and its outputs. */
-#define CRTFORGE_CONV2D_F32_SCRATCH(s) ((s)->kernel_h * (s)->kernel_w * (s)->in_c + (s)->out_c)
+/** Floats of scratch crtforge_conv2d_f32 needs: one output row's input columns, and its outputs. */
+#define CRTFORGE_CONV2D_F32_SCRATCH(s) ((s)->out_w * ((s)->kernel_h * (s)->kernel_w * (s)->in_c + (s)->out_c))
 
 /**
- * y = conv2d(x, W) + bias (then ReLU when s->relu), one output pixel at a time: the pixel's input column
- * ([kernel_h][kernel_w][in_c], zeros in the padding) is gathered into scratch, then multiplied by W as a dense
- * layer (crtforge_dense_f32) of k = kernel_h * kernel_w * in_c inputs and out_c outputs.
+ * y = conv2d(x, W) + bias (then ReLU when s->relu), one output row at a time: each pixel's input column
+ * ([kernel_h][kernel_w][in_c], zeros in the padding) is gathered into scratch, then the row is multiplied by W
+ * as a dense layer (crtforge_dense_f32) of out_w rows, k = kernel_h * kernel_w * in_c inputs and out_c outputs
+ * (on Cortex-M4F two pixels share each load of weights).
  * \param[in] w W as [k][out_c] (rows in the column's order) packed by tasks/compile/offload.py `pack_dense`
  * \param scratch CRTFORGE_CONV2D_F32_SCRATCH(s) floats
  * \return 0, or -1 for a shape it does not take
