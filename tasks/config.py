@@ -140,6 +140,7 @@ class Board:
     run: tuple[str, ...] = read_by("run", "bench")  # argv; "{program}" stands for the linked program
     debian_package: str = read_by("run", "bench")  # provides run[0]
     memory: Memory | None = read_by("link", "bench")  # bare-metal only
+    mattr: tuple[str, ...] = read_by("build", default=())  # LLVM target features for TVM's codegen
 
     @property
     def runner(self) -> str:
@@ -263,6 +264,8 @@ def tvm_target(backend: str, board: Board, options: dict[str, Any]) -> dict[str,
             target["mtriple"] = board.triple
         if board.cpu:
             target["mcpu"] = board.cpu
+        if board.mattr:
+            target["mattr"] = list(board.mattr)
     return {**target, **options}
 
 
@@ -388,13 +391,14 @@ def _file_in(directory: Path | tuple[Path, ...], name: str) -> Path:
 def load_board(name: str, board_dir: Path | tuple[Path, ...] = BOARD_DIR) -> Board:
     path = _file_in(board_dir, name)
     data = _read_toml(path, "", "board file")
-    _check_keys(path, "", data, {"description": str, "kind": str, "triple": str, "cpu": str, "cflags": list,
+    _check_keys(path, "", data, {"description": str, "kind": str, "triple": str, "cpu": str, "mattr": list,
+                                  "cflags": list,
                                   "ldflags": list, "run": list, "debian_package": str, "memory": dict},
                 required=("kind", "run", "debian_package"))
     if data["kind"] not in BOARD_RUNNERS:
         raise ConfigError(path, "kind", f"unknown board kind '{data['kind']}'.",
                           f"use one of: {', '.join(BOARD_RUNNERS)}")
-    _check_string_lists(path, data, ("cflags", "ldflags", "run"))
+    _check_string_lists(path, data, ("mattr", "cflags", "ldflags", "run"))
     if "{program}" not in data["run"]:
         raise ConfigError(path, "run", "the command must contain \"{program}\", the program to run.")
     memory = None
@@ -408,7 +412,8 @@ def load_board(name: str, board_dir: Path | tuple[Path, ...] = BOARD_DIR) -> Boa
         fields = {k: v for k, v in data["memory"].items() if k != "regions"}
         memory = Memory(**fields, regions=_load_regions(path, data["memory"].get("regions", {})))
     return Board(name=name, file=path, description=data.get("description", ""), kind=data["kind"],
-                 triple=data.get("triple", ""), cpu=data.get("cpu", ""), cflags=tuple(data.get("cflags", [])),
+                 triple=data.get("triple", ""), cpu=data.get("cpu", ""), mattr=tuple(data.get("mattr", [])),
+                 cflags=tuple(data.get("cflags", [])),
                  ldflags=tuple(data.get("ldflags", [])), run=tuple(data["run"]),
                  debian_package=data["debian_package"], memory=memory)
 

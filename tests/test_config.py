@@ -159,7 +159,8 @@ def test_cortex_m4_target_derives_its_tvm_target(write_pipeline):
     p = load_pipeline(write_pipeline(GOOD_MODEL + cross_target("m4", "llvm", "arm-none-eabi-gcc", "mps2-an386")))
     t = p.targets["m4"]
     assert t.runner == "qemu-system"
-    assert t.tvm_target() == {"kind": "llvm", "mtriple": "thumbv7em-unknown-none-eabihf", "mcpu": "cortex-m4"}
+    assert t.tvm_target() == {"kind": "llvm", "mtriple": "thumbv7em-unknown-none-eabihf", "mcpu": "cortex-m4",
+                              "mattr": ["-slowfpvfmx"]}
     assert "-mfloat-abi=hard" in t.cflags() and "--specs=rdimon.specs" in t.ldflags()
     assert t.board.memory.ram_size == 4 * 1024 * 1024
 
@@ -206,6 +207,18 @@ def test_unknown_board_lists_the_known_ones(write_pipeline):
 def test_bare_metal_board_needs_a_memory_map(tmp_path):
     (tmp_path / "b.toml").write_text('kind = "bare-metal"\nrun = ["qemu", "{program}"]\ndebian_package = "q"\n')
     with pytest.raises(ConfigError, match="a bare-metal board needs its memory map"):
+        load_board("b", tmp_path)
+
+
+def test_board_mattr_reaches_the_tvm_target(tmp_path):
+    from tasks.config import tvm_target
+
+    m4 = load_board("mps2-an386")
+    assert tvm_target("llvm", m4, {})["mattr"] == ["-slowfpvfmx"]
+    assert "mattr" not in tvm_target("llvm", load_board("mps2-an385"), {})  # the M3 has no FPU
+    assert tvm_target("llvm", m4, {"mattr": ["+dsp"]})["mattr"] == ["+dsp"]  # a target's own `tvm` wins
+    (tmp_path / "b.toml").write_text('kind = "host"\nrun = ["{program}"]\ndebian_package = "q"\nmattr = "+fma"\n')
+    with pytest.raises(ConfigError, match="mattr"):
         load_board("b", tmp_path)
 
 

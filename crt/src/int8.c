@@ -122,6 +122,17 @@ static inline int8_t requantize_float(int32_t acc, float scale, int32_t offset, 
   return (int8_t)((int32_t)v + offset);
 }
 
+/* finish_row for onnxruntime's requantisation: a function of its own, so that the float registers it needs are
+ * not saved and restored by finish_row's every call on the integer paths. */
+static void __attribute__((noinline)) finish_row_float(const int32_t* acc, int32_t n, const requant_t* r,
+                                                       int32_t c0, int8_t* out) {
+  const int32_t step = r->channel_step, offset = r->output_offset, lo = r->act_min, hi = r->act_max;
+  const int32_t* bias = r->bias ? r->bias + c0 : 0;
+  const float* s = r->scale + step * c0;
+  int32_t j;
+  for (j = 0; j < n; ++j, s += step) out[j] = requantize_float(bias ? acc[j] + bias[j] : acc[j], *s, offset, lo, hi);
+}
+
 /* out[j] = finish(acc[j]) for channels c0 .. c0+n: a function of its own so that its loop keeps the offsets,
  * limits and table pointers in registers (inlined into a MAC loop they spill, and cost ten loads per output). */
 static void __attribute__((noinline)) finish_row(const int32_t* acc, int32_t n, const requant_t* r, int32_t c0,
@@ -129,15 +140,14 @@ static void __attribute__((noinline)) finish_row(const int32_t* acc, int32_t n, 
   const int32_t step = r->channel_step, offset = r->output_offset, lo = r->act_min, hi = r->act_max;
   const int32_t* bias = r->bias ? r->bias + c0 : 0;
   int32_t j;
-  if (r->scale) {
-    const float* s = r->scale + step * c0;
-    for (j = 0; j < n; ++j, s += step) out[j] = requantize_float(bias ? acc[j] + bias[j] : acc[j], *s, offset, lo, hi);
-  } else if (r->fast) {
+  if (r->fast) {
     const int32_t* f = r->fast + 4 * step * c0;
     for (j = 0; j < n; ++j, f += 4 * step) {
       const int32_t a = bias ? acc[j] + bias[j] : acc[j];
       out[j] = clamp_int8(requantize_fast(a, f) + offset, lo, hi);
     }
+  } else if (r->scale) {
+    finish_row_float(acc, n, r, c0, out);
   } else {
     const int32_t* m = r->multiplier + step * c0;
     const int32_t* sh = r->shift + step * c0;
