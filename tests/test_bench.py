@@ -6,7 +6,7 @@ import pytest
 
 from conftest import CONV2D, SINE, run_doit
 from tasks import fsutil
-from tasks.bench.measure import instructions
+from tasks.bench.measure import fastest_host, instructions
 from tasks.config import load_pipeline
 from tasks.layout import PipelineFiles
 from tasks.pair import Pair
@@ -60,7 +60,8 @@ def test_peers_and_profiles_in_the_report(benched):
     peers = {c["peer"]: c for c in report["peers"]}
     assert peers["tflm"]["model"] == "sine" and peers["tflm"]["theirs"] > 0 and peers["tflm"]["ratio"] > 0
     assert peers["onnxruntime"]["model"] == "conv2d" and peers["onnxruntime"]["theirs"] > 0
-    assert "sine: crtforge / tflm = " in result.stdout
+    assert "sine: crtforge (host) / tflm = " in result.stdout
+    assert peers["tflm"]["target"] == "host" and set(peers["tflm"]["all_targets"]) == {"host"}
     profiles = {p["model"]: p for p in report["profiles"]}
     for p in profiles.values():
         assert p["release_flash"] < p["debug_flash"] and p["release_model_flash"] < p["debug_model_flash"]
@@ -73,3 +74,14 @@ def test_peers_and_profiles_in_the_report(benched):
 def test_second_bench_runs_nothing(benched):
     _, pipeline, _ = benched
     assert run_doit(pipeline, "bench").executed() == []
+
+
+def test_peers_are_compared_with_the_fastest_native_release_build():
+    def row(target, wall, profile="release"):
+        return {"target": target, "model": "m", "wall_ns": wall, "profile": profile, "instructions": wall}
+
+    results = [row("host", 90.0), row("host-offload", 30.0), row("host-debug", 10.0, "debug"),
+               row("cortex-m4", None), {**row("host", 5.0), "model": "other"}]
+    best, every = fastest_host(results, "m", "wall_ns")
+    assert best["target"] == "host-offload" and every == {"host": 90.0, "host-offload": 30.0}
+    assert fastest_host(results, "absent", "wall_ns") == (None, {})
