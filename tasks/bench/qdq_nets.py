@@ -51,7 +51,8 @@ def quantize_qdq(source: Path, dest: Path, seed: int = 0, uint8_activations: boo
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "model.onnx"
         quantize_static(str(source), str(out), _calibration(source, seed), quant_format=QuantFormat.QDQ,
-                        activation_type=QuantType.QUInt8 if uint8_activations else QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True)
+                        activation_type=QuantType.QUInt8 if uint8_activations else QuantType.QInt8,
+                        weight_type=QuantType.QInt8, per_channel=True)
         fsutil.write_bytes(Path(dest), out.read_bytes())
 
 

@@ -1,4 +1,4 @@
-"""crtforge's integer path for TFLite's full-integer int8 models: the external codegen 'crtforge_int8'.
+"""crtforge's integer path for full-integer int8 models (TFLite, and ONNX QDQ): the external codegen 'crtforge_int8'.
 
 TVM 0.27's TFLite frontend has no quantized dialect: each int8 op arrives as dequantize -> float op -> quantize
 (-> clip for a fused activation), and FoldConstant would turn every dequantize(W) into float32 weights. So this
@@ -8,6 +8,10 @@ them to `relax.ext.crtforge_int8`, which emits one C function per op calling crt
 the small ones inline as const arrays, the weights as constants the module names, which codegen links as data
 with the rest of the model's weights (weights.S). Between two such calls the activations stay int8, so the arena
 holds int8 tensors.
+
+ONNX QDQ models (onnxruntime's quantiser) import into the same clusters, in NCHW: their Conv and Gemm/MatMul take
+the same kernels with onnxruntime's requantisation (`Rounding.ONNXRUNTIME`: one float32 scale per channel), a
+Conv's tensors transposed to NHWC around the call; their other quantised ops stay float (_ONNXRUNTIME_OPS).
 
 A cluster the kernels do not implement exactly (they take int8 activations with a per-tensor scale and zero point,
 symmetric int8 weights, int32 bias) does not match and runs through TVM's float path instead; `op_summary` counts
@@ -700,7 +704,8 @@ def partition(mod, prefix: str, wide_weights: bool = False, rounding: qz.Roundin
 
     described: dict[str, Int8Kernel] = {}
     tvm_ffi.register_global_func(f"relax.ext.{CODEGEN}", functools.partial(_codegen, described), override=True)
-    patterns = [(f"{CODEGEN}.{name}", pat, {}, functools.partial(_supported, name, rounding)) for name, pat in _patterns()]
+    patterns = [(f"{CODEGEN}.{name}", pat, {}, functools.partial(_supported, name, rounding))
+                for name, pat in _patterns()]
     mod = relax.transform.FuseOpsByPattern(patterns, bind_constants=True, annotate_codegen=True)(mod)
     kernels = []
     matched = [(gv, f) for gv, f in mod.functions.items() if f.attrs is not None and f.attrs.get("Codegen") == CODEGEN]
