@@ -162,10 +162,29 @@ static void gather_row(const crtforge_conv2d_f32_shape* s, const float* image, i
   const int32_t h = s->in_h, w = s->in_w, ch = s->in_c, kh = s->kernel_h, kw = s->kernel_w;
   const int32_t dil = s->dilation_w, row = kw * ch, stride = s->stride_w, nchw = s->nchw, plane = h * w;
   const int32_t iy0 = oy * s->stride_h - s->pad_top, dil_h = s->dilation_h;
+  /* Every window row of this output row inside the image (most rows): NHWC pixels away from the left and right
+   * edges are then kernel_h plain copies. */
+  const int32_t rows_inside = iy0 >= 0 && iy0 + (kh - 1) * dil_h < h;
+  const int32_t row_step = dil_h * w * ch; /* NHWC floats between window rows */
   int32_t ox, ky, kx, c;
   for (ox = 0; ox < s->out_w; ++ox) {
     const int32_t ix0 = ox * stride - s->pad_left;
     const int32_t inside = ix0 >= 0 && ix0 + (kw - 1) * dil < w && dil == 1;
+    if (inside && rows_inside && !nchw) {
+      const float* src = image + (iy0 * w + ix0) * ch;
+      for (ky = 0; ky < kh; ++ky, columns += row, src += row_step)
+        for (c = 0; c < row; ++c) columns[c] = src[c];
+      continue;
+    }
+    if (inside && rows_inside) { /* NCHW: in_c runs of kernel_w a window row */
+      const float* src = image + iy0 * w + ix0;
+      for (ky = 0; ky < kh; ++ky, columns += row, src += dil_h * w) {
+        const float* plane_src = src;
+        for (c = 0; c < ch; ++c, plane_src += plane)
+          for (kx = 0; kx < kw; ++kx) columns[kx * ch + c] = plane_src[kx];
+      }
+      continue;
+    }
     for (ky = 0; ky < kh; ++ky, columns += row) {
       const int32_t iy = iy0 + ky * dil_h;
       if (iy < 0 || iy >= h) {
