@@ -111,10 +111,18 @@ static void block8(const float* x, const float* w, int32_t k, float* acc) {
 }
 #endif
 
+/* y[c] = bias[c] + x . w[.][c] for the last, narrower block: w is [k][width]. */
+static void narrow_block(const float* x, const float* w, const float* bias, int32_t k, int32_t width, float* y) {
+  int32_t p, c;
+  for (c = 0; c < width; ++c) y[c] = bias[c];
+  for (p = 0; p < k; ++p)
+    for (c = 0; c < width; ++c) y[c] += x[p] * w[p * width + c];
+}
+
 void crtforge_dense_f32(const float* x, const float* w, const float* bias, float* y, int32_t m, int32_t k,
                         int32_t n) {
   const int32_t blocked = n - n % BLOCK, rest = n % BLOCK;
-  int32_t i = 0, j, p, c;
+  int32_t i = 0, j, c;
   if (k <= 0) return;
 #ifdef ROWS2
   for (; i + 2 <= m && blocked; i += 2, x += 2 * k, y += 2 * n) {
@@ -124,12 +132,8 @@ void crtforge_dense_f32(const float* x, const float* w, const float* bias, float
       block8_rows2(x, x + k, wb, k, y + j, y + n + j);
     }
     if (rest) {
-      for (c = 0; c < rest; ++c) y[blocked + c] = y[n + blocked + c] = bias[blocked + c];
-      for (p = 0; p < k; ++p)
-        for (c = 0; c < rest; ++c) {
-          y[blocked + c] += x[p] * wb[p * rest + c];
-          y[n + blocked + c] += x[k + p] * wb[p * rest + c];
-        }
+      narrow_block(x, wb, bias + blocked, k, rest, y + blocked);
+      narrow_block(x + k, wb, bias + blocked, k, rest, y + n + blocked);
     }
   }
 #endif
@@ -147,11 +151,7 @@ void crtforge_dense_f32(const float* x, const float* w, const float* bias, float
       for (c = 0; c < BLOCK; ++c) y[j + c] = bias[j + c];
       block8(x, wb, k, y + j);
     }
-    if (rest) { /* the last, narrower block: [k][rest] */
-      for (c = 0; c < rest; ++c) y[blocked + c] = bias[blocked + c];
-      for (p = 0; p < k; ++p)
-        for (c = 0; c < rest; ++c) y[blocked + c] += x[p] * wb[p * rest + c];
-    }
+    if (rest) narrow_block(x, wb, bias + blocked, k, rest, y + blocked);
   }
 }
 

@@ -29,6 +29,7 @@ import numpy as np
 from tasks.compile import int8_mean as mn
 from tasks.compile import int8_softmax as sm
 from tasks.compile import quantize as qz
+from tasks.compile.plan import workspace_size
 from tasks.compile.quantize import Activation
 from tasks.errors import CrtforgeError
 from tasks.naming import ModelSymbols
@@ -285,7 +286,7 @@ def _fully_connected(symbol: str, r: _Reader, wide: bool, rounding: qz.Rounding)
     per = "per-channel" if len(s_w) > 1 else "per-tensor"
     return Int8Kernel(symbol, "FULLY_CONNECTED", f"{batches}x{k} by {n}x{k} int8 weights ({per}), "
                       f"{act.name}", 1, tuple(arrays), (_quant_struct(symbol, q),), call,
-                      _scratch(2 * k), kernel)  # the int16 column
+                      workspace_size(2 * k), kernel)  # the int16 column
 
 
 def _check_transpose(permute) -> None:
@@ -346,11 +347,6 @@ def _quant_struct(symbol: str, q: qz.ChannelQuant) -> str:
                    f".scale = NULL}};")
 
 
-def _scratch(nbytes: int) -> int:
-    """A kernel's scratch in bytes, padded to the workspace's 16-byte alignment."""
-    return (nbytes + 15) // 16 * 16
-
-
 def _params_struct(ctype: str, name: str, params: Any) -> str:
     """The C definition of a kernel's parameter struct from a dataclass or a dict (its names are the C fields)."""
     items = params.items() if isinstance(params, dict) else vars(params).items()
@@ -405,7 +401,7 @@ def _conv2d(symbol: str, r: _Reader, wide: bool, rounding: qz.Rounding) -> Int8K
         geo["kernel_h"], geo["kernel_w"] = filt.shape[0], filt.shape[1]
         geo["depth_multiplier"] = out_c // in_c
         weights, kernel = qz.pack_depthwise(filt, out_c // in_c), "crtforge_int8_depthwise_conv2d"
-        scratch = _scratch(4 * out_c)  # one pixel's int32 sums
+        scratch = workspace_size(4 * out_c)  # one pixel's int32 sums
         op = "DEPTHWISE_CONV_2D"
     else:
         if groups != 1 or not (nchw or str(a.kernel_layout) == "HWIO"):
@@ -415,7 +411,7 @@ def _conv2d(symbol: str, r: _Reader, wide: bool, rounding: qz.Rounding) -> Int8K
         geo["kernel_h"], geo["kernel_w"] = ohwi.shape[1], ohwi.shape[2]
         geo["depth_multiplier"] = 1
         weights, kernel = _packed(ohwi.reshape(out_c, -1), "crtforge_int8_conv2d", wide)
-        scratch, op = _scratch(2 * ohwi[0].size), "CONV_2D"  # the int16 column
+        scratch, op = workspace_size(2 * ohwi[0].size), "CONV_2D"  # the int16 column
     if len(s_w) not in (1, out_c):
         raise Int8Error(f"{len(s_w)} weight scales for {out_c} output channels")
     s_w = np.resize(s_w, out_c)
@@ -429,13 +425,13 @@ def _conv2d(symbol: str, r: _Reader, wide: bool, rounding: qz.Rounding) -> Int8K
     if nchw:  # the kernel's NHWC tensors in scratch after its own
         n, h, w_, c = xs
         oh, ow, oc = ys[1], ys[2], ys[3]
-        x_bytes = _scratch(int(np.prod(xs)))
+        x_bytes = workspace_size(int(np.prod(xs)))
         before = (f"int8_t* const x_nhwc = (int8_t*)scratch + {scratch};",
                   f"int8_t* const y_nhwc = x_nhwc + {x_bytes};",
                   f"crtforge_int8_transpose((const int8_t*)x0->data, {n}, {c}, {h * w_}, x_nhwc);")
         after = (f"crtforge_int8_transpose(y_nhwc, {n}, {oh * ow}, {oc}, (int8_t*)y->data);",)
         x_arg, y_arg = "x_nhwc", "y_nhwc"
-        scratch += x_bytes + _scratch(int(np.prod(ys)))
+        scratch += x_bytes + workspace_size(int(np.prod(ys)))
     call = f"{kernel}(&{symbol}_shape, &{symbol}_q, {x_arg}, {symbol}_weights, {b}, scratch, {y_arg})"
     shown = (_shape(x), _shape(y))
     summary = (f"{'x'.join(map(str, shown[0]))} -> {'x'.join(map(str, shown[1]))}"

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tasks.compile.plan import workspace_size
 from tasks.config import OFFLOAD_CODEGENS
 from tasks.errors import CrtforgeError
 
@@ -98,29 +99,20 @@ def pack_dense(w: np.ndarray) -> np.ndarray:
                           ).astype(np.float32)
 
 
-def _emit(packed: dict[str, np.ndarray], func, constant_names) -> Any:
-    """One offloaded function as a C source module that names the two constants it needs: the bias, and the
-    weights packed (added to `packed` under their new name)."""
+def _emit_dense(found: "Offloaded", func, calls: dict[str, Any], constant_names) -> Any:
+    """One offloaded matmul + bias as a C source module naming its packed weights and its bias."""
     import tvm
-    from tvm import ir, relax
+    from tvm import ir
 
     from tasks.emit.codegen import _env
 
     symbol = str(func.attrs["global_symbol"])
-    operands: dict[str, Any] = {}  # "relax.matmul" → W, "relax.add" → bias: each call's constant operand
-
-    def visit(expr):
-        if isinstance(expr, relax.Call) and isinstance(expr.op, ir.Op) and expr.op.name in ("relax.matmul",
-                                                                                             "relax.add"):
-            operands[expr.op.name] = expr.args[1]
-
-    relax.analysis.post_order_visit(func.body, visit)
-    w, b = operands.get("relax.matmul"), operands.get("relax.add")
+    w, b = calls["relax.matmul"].args[1], calls["relax.add"].args[1]
     if not (isinstance(w, ir.GenericConst) and isinstance(b, ir.GenericConst)
             and w in constant_names and b in constant_names):
         raise OffloadError(f"{symbol}: expected matmul by a constant weight plus a constant bias")
     weight, bias = f"{symbol}_packed_weights", str(constant_names[b])
-    packed[weight] = pack_dense(w.value.numpy())
+    found.constants[weight] = pack_dense(w.value.numpy())
     k, n = (int(d) for d in w.value.shape)
     xshape = _shape(func.params[0])
     m = int(np.prod(xshape)) // k
@@ -142,7 +134,7 @@ def _calls(func) -> dict[str, Any]:
     return calls
 
 
-def _emit_conv(found: "Offloaded", func, constant_names) -> Any:
+def _emit_conv(found: "Offloaded", func, calls: dict[str, Any], constant_names) -> Any:
     """One offloaded conv2d + bias (+ ReLU) as a C source module naming its packed weights and its bias."""
     import tvm
     from tvm import ir
@@ -150,7 +142,6 @@ def _emit_conv(found: "Offloaded", func, constant_names) -> Any:
     from tasks.emit.codegen import _env
 
     symbol = str(func.attrs["global_symbol"])
-    calls = _calls(func)
     conv, add = calls["relax.nn.conv2d"], calls["relax.add"]
     w, b = conv.args[1], add.args[1]
     if not (isinstance(w, ir.GenericConst) and isinstance(b, ir.GenericConst) and b in constant_names):
@@ -173,7 +164,7 @@ def _emit_conv(found: "Offloaded", func, constant_names) -> Any:
              "stride_w": int(a.strides[1]), "dilation_h": int(a.dilation[0]), "dilation_w": int(a.dilation[1]),
              "pad_top": pad[0], "pad_left": pad[1], "nchw": nchw, "relu": int("relax.nn.relu" in calls)}
     scratch = 4 * ys[2] * (kh * kw * xs[3] + ys[3])  # CRTFORGE_CONV2D_F32_SCRATCH: a row of pixels
-    found.workspace[symbol] = (scratch + 15) // 16 * 16
+    found.workspace[symbol] = workspace_size(scratch)
     source = _env().get_template("offload_conv2d.c.j2").render(
         symbol=symbol, weight=weight, bias=str(constant_names[b]), k=kh * kw * xs[3], shape=shape,
         workspace=found.workspace[symbol], layout="NCHW" if nchw else "NHWC")
@@ -183,10 +174,9 @@ def _emit_conv(found: "Offloaded", func, constant_names) -> Any:
 def _codegen(found: "Offloaded", funcs, options, constant_names) -> list:
     out = []
     for f in funcs:
-        if "relax.nn.conv2d" in _calls(f):
-            out.append(_emit_conv(found, f, constant_names))
-        else:
-            out.append(_emit(found.constants, f, constant_names))
+        calls = _calls(f)
+        emit = _emit_conv if "relax.nn.conv2d" in calls else _emit_dense
+        out.append(emit(found, f, calls, constant_names))
     return out
 
 

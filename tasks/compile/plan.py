@@ -108,6 +108,14 @@ def _align(n: int) -> int:
     return (n + ARENA_ALIGN - 1) // ARENA_ALIGN * ARENA_ALIGN
 
 
+WORKSPACE_ALIGN = 16  # what crt's external kernels ask TVMBackendAllocWorkspace for
+
+
+def workspace_size(nbytes: int) -> int:
+    """An external kernel's scratch in bytes, padded to WORKSPACE_ALIGN (the size its C code asks for)."""
+    return (nbytes + WORKSPACE_ALIGN - 1) // WORKSPACE_ALIGN * WORKSPACE_ALIGN
+
+
 def lower_bound(storages: list[Storage]) -> int:
     """The most bytes of arena buffers alive at any one step (alignment aside)."""
     arena = [s for s in storages if s.kind in IN_ARENA]
