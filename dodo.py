@@ -27,6 +27,16 @@ def task_reference():
     yield from wiring.reference_tasks(PIPELINE)
 
 
+def task_tune():
+    """Stage 2a: tuning records for targets with `tune` (committed ones from tuning/, else a MetaSchedule search)."""
+    yield from wiring.tune_tasks(PIPELINE)
+
+
+def task_retune():
+    """Tune again and refresh the committed records in tuning/ (retune:<target>/<model> for one pair)."""
+    yield from wiring.retune_tasks(PIPELINE)
+
+
 def task_relax():
     """Stage 2: TVM build (Relax pipeline, TIR kernels, plan)."""
     yield from wiring.relax_tasks(PIPELINE)

@@ -38,7 +38,7 @@ REFERENCE_FORMATS = {"onnxruntime": ".onnx", "tflm": ".tflite"}
 
 
 # The stages whose tasks read settings (tasks/pair.py's Stage names, and the benchmarks).
-STAGES = ("import", "reference", "build", "classify", "codegen", "link", "run", "compare", "bench")
+STAGES = ("import", "reference", "tune", "build", "classify", "codegen", "link", "run", "compare", "bench")
 
 
 def read_by(*stages: str, default: Any = MISSING) -> Any:
@@ -223,6 +223,17 @@ def _onnx_tensors(graph) -> Iterator[Any]:
 
 
 @dataclass(frozen=True)
+class Tune:
+    """A target's `tune` table: MetaSchedule's search over the pair's TVM kernels (tasks/compile/tune.py)."""
+    trials: int  # candidate schedules measured in all, shared among the model's kernels
+    seed: int = 0
+    per_batch: int = 16  # candidates measured per round (MetaSchedule's num_trials_per_iter)
+
+
+TUNE_KEYS = {"trials": int, "seed": int, "batch": int}
+
+
+@dataclass(frozen=True)
 class TargetConfig:
     name: str
     backend: str
@@ -236,6 +247,8 @@ class TargetConfig:
     profile: str = read_by("build", "link", "bench", default="release")
     # (what, board memory) for the weights and the arena: DEFAULT_PLACEMENT, or the target's `placement`
     placement: tuple[tuple[str, str], ...] = read_by("link", default=tuple(DEFAULT_PLACEMENT.items()))
+    # MetaSchedule tuning of the TVM kernels; the build applies the records, so it reruns when this changes
+    tune: Tune | None = read_by("tune", "build", default=None)
 
     @property
     def runner(self) -> str:
@@ -554,7 +567,7 @@ def _load_target(file: Path, name: str, table: Any, models: dict[str, ModelConfi
         raise ConfigError(file, key, "expected a table.", f"write it as [{key}]")
     _check_keys(file, key, table, {"backend": str, "toolchain": str, "board": str, "runner": str, "tvm": dict,
                                    "models": list, "timeout": (int, float), "offload": list, "profile": str,
-                                   "placement": dict},
+                                   "placement": dict, "tune": dict},
                 required=("backend", "toolchain"))
     if table["backend"] not in BACKENDS:
         raise ConfigError(file, f"{key}.backend", f"unknown backend '{table['backend']}'.",
@@ -591,11 +604,26 @@ def _load_target(file: Path, name: str, table: Any, models: dict[str, ModelConfi
     if timeout <= 0:
         raise ConfigError(file, f"{key}.timeout", "must be a positive number of seconds.")
     placement = _load_placement(file, f"{key}.placement", table.get("placement", {}), board)
+    tune = _load_tune(file, f"{key}.tune", table["tune"], table["backend"]) if "tune" in table else None
     target = TargetConfig(name=name, backend=table["backend"], toolchain=toolchain, board=board, tvm=dict(tvm_opts),
                           models=tuple(target_models), timeout=timeout, offload=tuple(offload), profile=profile,
-                          placement=placement)
+                          placement=placement, tune=tune)
     _check_abi(file, key, target)
     return target
+
+
+def _load_tune(file: Path, key: str, table: dict[str, Any], backend: str) -> Tune:
+    _check_keys(file, key, table, TUNE_KEYS, required=("trials",))
+    if backend != "llvm":
+        raise ConfigError(file, key, f"MetaSchedule tunes TVM's LLVM kernels; backend '{backend}' has no schedule "
+                          "rules in TVM.", "set backend = \"llvm\", or remove tune")
+    trials, batch = table["trials"], table.get("batch", 16)
+    if trials < 1:
+        raise ConfigError(file, f"{key}.trials", f"must be at least 1 (got {trials}).",
+                          "a few dozen per kernel is typical; remove tune to keep TVM's default schedules")
+    if batch < 1:
+        raise ConfigError(file, f"{key}.batch", f"must be at least 1 (got {batch}).")
+    return Tune(trials=trials, seed=table.get("seed", 0), per_batch=batch)
 
 
 def load_pipeline(path: Path | str, toolchain_dir: Path = TOOLCHAIN_DIR, board_dir: Path = BOARD_DIR) -> Pipeline:

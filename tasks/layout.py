@@ -4,6 +4,7 @@
     out/_models/<model>/                            per model: import.json, inputs, reference (ModelFiles)
     out/<target>/<model>/                           per pair: every stage's files (PairFiles)
     out/results.md, bench.*, conformance.*          per pipeline (PipelineFiles)
+    tuning/<target>/<model>/                        beside the pipeline file: committed tuning records (TuneFiles)
 
 The database and the lock live in the folder they describe: two pipeline files that share `out` share both,
 and a pipeline that moves `out` away and back finds the database that matches what is there.
@@ -18,6 +19,36 @@ from pathlib import Path
 KERNELS_FILE = {"c": "kernels.c", "llvm": "kernels.o"}
 METADATA_FILES = {"c": ("metadata.c",), "llvm": ("metadata.ll", "metadata.o")}
 MODELS_DIR = "_models"  # '_' starts no target name, so it never clashes with out/<target>/
+TUNING_DIR = "tuning"  # committed tuning records, beside the pipeline file (tasks/compile/tune.py)
+
+
+@dataclass(frozen=True)
+class TuneFiles:
+    """A MetaSchedule JSON database: out/<target>/<model>/tune/ (what the build applies), or the committed copy
+    tuning/<target>/<model>/."""
+    dir: Path
+
+    @property
+    def workloads(self) -> Path: return self.dir / "database_workload.json"
+    @property
+    def records(self) -> Path: return self.dir / "database_tuning_record.json"
+    @property
+    def summary_json(self) -> Path: return self.dir / "tune.json"  # what the tuning gained, or where it came from
+
+    @property
+    def database(self) -> tuple[Path, Path]:
+        return (self.workloads, self.records)
+
+    def exists(self) -> bool:
+        return all(f.is_file() for f in self.database)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(f.stat().st_size for f in self.database if f.is_file())
+
+
+def committed_tuning(pipeline_file: Path, target: str, model: str) -> TuneFiles:
+    return TuneFiles(pipeline_file.parent / TUNING_DIR / target / model)
 
 
 @dataclass(frozen=True)
@@ -108,6 +139,8 @@ class PairFiles:
     def callgrind_out(self) -> Path: return self.dir / "callgrind.out"
     @property
     def result_json(self) -> Path: return self.dir / "result.json"  # conformance: the pair's outcome
+    @property
+    def tune(self) -> TuneFiles: return TuneFiles(self.dir / "tune")
 
     def object_for(self, source: Path, crt_dir: Path) -> Path:
         """The object of `source`; crt/ sources get a `crt_` prefix so they never clash with generated ones."""

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.config import STAGES, ModelConfig, TargetConfig
-from tasks.layout import ModelFiles, PairFiles, PipelineFiles
+from tasks.layout import ModelFiles, PairFiles, PipelineFiles, TuneFiles, committed_tuning
 from tasks.naming import ModelSymbols
 
 
@@ -36,7 +36,9 @@ class Stage:
 # Per model, once for all its targets.
 IMPORT = Stage("import", "tasks.frontend.importer", "import_model")
 REFERENCE = Stage("reference", "tasks.frontend.reference", "reference_model")
-# Per pair, in order.
+# Per pair, in order; TUNE only for targets with `tune`, before BUILD (and `doit retune`: RETUNE).
+TUNE = Stage("tune", "tasks.compile.tune", "tune_pair")
+RETUNE = Stage("tune", "tasks.compile.tune", "retune_pair")
 BUILD = Stage("build", "tasks.compile.relax_build", "build_pair")
 CLASSIFY = Stage("classify", "tasks.compile.classify", "classify_pair")
 CODEGEN = Stage("codegen", "tasks.emit.codegen", "codegen_pair")
@@ -62,6 +64,11 @@ class Pair:
     @property
     def name(self) -> str:
         return f"{self.target.name}/{self.model.name}"
+
+    @property
+    def tuning_files(self) -> TuneFiles:
+        """The committed tuning records of this pair (tuning/<target>/<model>/ beside the pipeline file)."""
+        return committed_tuning(self.pipeline_file, self.target.name, self.model.name)
 
     @property
     def symbols(self) -> ModelSymbols:

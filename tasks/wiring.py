@@ -25,7 +25,8 @@ from tasks import deps, fsutil
 from tasks.config import PROJECT_ROOT, ConfigError, ModelConfig, Pipeline, TargetConfig, load_pipeline, settings
 from tasks.errors import CrtforgeError
 from tasks.layout import PipelineFiles
-from tasks.pair import BUILD, CLASSIFY, CODEGEN, COMPARE, EXECUTE, IMPORT, LINK, PAIR_STAGES, REFERENCE, Pair, Stage
+from tasks.pair import (BUILD, CLASSIFY, CODEGEN, COMPARE, EXECUTE, IMPORT, LINK, PAIR_STAGES, REFERENCE, RETUNE,
+                        TUNE, Pair, Stage)
 
 # The runtime and start-up sources the link stage compiles, and the headers they include.
 CRT_FILES = sorted(str(p) for p in (PROJECT_ROOT / "crt").rglob("*") if p.suffix in (".c", ".h", ".j2"))
@@ -183,13 +184,44 @@ def _pair_task(pipeline: Pipeline, stage: Stage, model: ModelConfig, target: Tar
             "targets": _paths(*writes), "uptodate": _uptodate(stage.name, model, target), "clean": True}
 
 
+def _tune_reads(p: Pair) -> list[Path]:
+    """What a tuning run reads besides code: the model, and the committed records if there are."""
+    return [*p.model.import_files(), p.model_files.import_json, *(p.tuning_files.database if p.tuning_files.exists()
+                                                                  else ())]
+
+
+def tune_tasks(pipeline: Pipeline) -> Iterator[dict[str, Any]]:
+    for model, target in pipeline.pairs():
+        if target.tune is None:
+            continue
+        p = _pair(pipeline, model, target)
+        task = _pair_task(pipeline, TUNE, model, target,
+                          "tuning records for the TVM kernels: the committed ones, or a MetaSchedule search",
+                          _tune_reads(p), [*p.files.tune.database, p.files.tune.summary_json], CRT_FILES)
+        # Settings of every stage a candidate passes through: it is built, linked and run like the pair.
+        task["uptodate"] = [config_changed({"model": settings(model, "tune"), "versions": deps.versions(),
+                                            "target": settings(target, "tune", "build", "link", "run")})]
+        yield task
+
+
+def retune_tasks(pipeline: Pipeline) -> Iterator[dict[str, Any]]:
+    for model, target in pipeline.pairs():
+        if target.tune is None:
+            continue
+        p = _pair(pipeline, model, target)
+        yield {"name": p.name, "doc": "tune again and replace the committed records in tuning/<target>/<model>/",
+               "actions": [_action(RETUNE, p)], "file_dep": _paths(*p.model.import_files()), "uptodate": [False],
+               "verbosity": 2}
+
+
 def relax_tasks(pipeline: Pipeline) -> Iterator[dict[str, Any]]:
     for model, target in pipeline.pairs():
         p = _pair(pipeline, model, target)
         f = p.files
+        records = [*f.tune.database] if target.tune else []
         yield _pair_task(pipeline, BUILD, model, target,
                          "TVM build: lower with the Relax pipeline, compile the kernels, extract the plan",
-                         [*model.import_files(), p.model_files.import_json],
+                         [*model.import_files(), p.model_files.import_json, *records],
                          [f.kernels, f.plan_json, f.params_npz, f.modules_json, f.external_c])
 
 

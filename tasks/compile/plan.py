@@ -80,6 +80,7 @@ class Plan:
     kernels: list[str] = field(default_factory=list)  # every kernel symbol, sorted
     arena_lower_bound: int = 0  # the most bytes of arena buffers alive at one step: no plan can do better
     ops: "OpCounts | None" = None  # how the calls compute: integer kernels, TVM's float or integer kernels
+    tuning: "TuningUse | None" = None  # which kernels tuning records scheduled (targets with `tune`)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -92,7 +93,17 @@ class Plan:
             storages=[Storage(**s) for s in d["storages"]],
             constants=[Constant(**{**c, "shape": tuple(c["shape"])}) for c in d["constants"]],
             calls=[Call(**c) for c in d["calls"]], arena_bytes=d["arena_bytes"], kernels=list(d["kernels"]),
-            arena_lower_bound=d["arena_lower_bound"], ops=OpCounts(**d["ops"]) if d.get("ops") else None)
+            arena_lower_bound=d["arena_lower_bound"], ops=OpCounts(**d["ops"]) if d.get("ops") else None,
+            tuning=TuningUse(**d["tuning"]) if d.get("tuning") else None)
+
+
+@dataclass
+class TuningUse:
+    """What the build took from tuning records (TVM's kernel names, before the model's prefix)."""
+    records: str  # the database folder
+    tuned: list[str]  # scheduled by their best record
+    default: list[str]  # tuned, but TVM's default schedule stayed best
+    missing: list[str]  # not in the records at all: tuned for another version of the model
 
 
 @dataclass

@@ -9,6 +9,7 @@ keeps the kernels (prefixed per model, so two models can share a binary) and tur
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,8 @@ import numpy as np
 
 from tasks import fsutil
 from tasks.compile.plan import (ARENA_ALIGN, HOME_ARENA, HOME_CONST, HOME_INPUT, STORAGE_OUTPUT, STORAGE_TENSORS,
-                                STORAGE_WORKSPACE, Call, Constant, Plan, Storage, Tensor, lower_bound, plan_arena)
+                                STORAGE_WORKSPACE, Call, Constant, Plan, Storage, Tensor, TuningUse, lower_bound,
+                                plan_arena)
 from tasks.errors import CrtforgeError
 from tasks.frontend.importer import ModelSignature, load_relax, read_signature
 from tasks.layout import PairFiles
@@ -56,23 +58,54 @@ def make_target(target_json: dict[str, Any], where: str):
         raise BuildError(f"{where}: TVM rejects the target {target_json}: {first}") from None
 
 
-def lower(mod, target, profile: str = "release"):
-    """Relax's default pipeline, to a straight-line `main`; release first fuses ops into fewer kernels.
-
-    Both profiles fold constants first: a TFLite dense layer's weight transpose would otherwise run on the
-    device, into the arena (1 MB of RAM for a 512x512 layer)."""
+def fuse(mod, profile: str = "release"):
+    """The Relax module whose TIR functions become the kernels: release fuses ops into fewer kernels; both
+    profiles fold constants first, or a TFLite dense layer's weight transpose would run on the device, into the
+    arena (1 MB of RAM for a 512x512 layer). The tuning stage (tasks/compile/tune.py) tunes exactly these."""
     import tvm
     from tvm import relax
 
     if profile == "release":
-        mod = tvm.transform.Sequential([
+        return tvm.transform.Sequential([
             relax.transform.DecomposeOpsForInference(), relax.transform.LegalizeOps(),
             relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(), relax.transform.FuseOps(),
             relax.transform.FuseTIR()])(mod)
-    else:
-        mod = relax.transform.FoldConstant()(mod)
+    return relax.transform.FoldConstant()(mod)
+
+
+def lower(mod, target, profile: str = "release", records: Path | None = None):
+    """Relax's default pipeline, to a straight-line `main`; with `records` (a MetaSchedule database folder,
+    tasks/compile/tune.py), each kernel that has a tuning record takes its best schedule first. Returns the
+    lowered module and, with records, which kernels they scheduled (plan.TuningUse)."""
+    import tvm
+    from tvm import relax
+
+    mod = fuse(mod, profile)
+    use = None
     with target:
-        return relax.get_pipeline("default")(mod)
+        if records is not None:
+            mod, use = apply_records(mod, records)
+        return relax.get_pipeline("default")(mod), use
+
+
+def apply_records(mod, records: Path):
+    """The module with every kernel the records hold a better schedule for scheduled by it."""
+    import tvm
+    from tvm import relax
+    from tvm.s_tir import meta_schedule as ms
+
+    database = ms.database.JSONDatabase(work_dir=str(records))
+    kernels = {gv.name_hint: f for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
+    # The tuning stage commits a workload for every kernel it tuned, with a record only where tuning beat TVM's
+    # default: a kernel with no workload was not tuned at all (records of an older model).
+    normalize = tvm.get_global_func("tvm.s_tir.meta_schedule.normalize_mod")  # the key the pass looks records up by
+    known = {n for n, f in kernels.items() if database.has_workload(normalize(f))}
+    with database:
+        mod = relax.transform.MetaScheduleApplyDatabase()(mod)
+    tuned = sorted(gv.name_hint for gv, f in mod.functions.items()
+                   if isinstance(f, tvm.tirx.PrimFunc) and f.attrs and f.attrs.get("tirx.is_scheduled"))
+    return mod, TuningUse(records=str(records), tuned=tuned, default=sorted(known - set(tuned)),
+                          missing=sorted(set(kernels) - known))
 
 
 def _pass_context(profile: str):
@@ -302,12 +335,12 @@ def add_workspaces(plan: Plan, workspace: dict[str, int]) -> None:
             plan.storages.append(Storage(call.workspace, nbytes, call.step, call.step, kind=STORAGE_WORKSPACE))
 
 
-def build(source: Path, prefix: str, target_json: dict[str, Any], where: str = "target",
-          offload: tuple[str, ...] = (), profile: str = "release", arm_dsp: bool = False) -> BuildResult:
+def prepare(source: Path, prefix: str, offload: tuple[str, ...] = (), arm_dsp: bool = False):
+    """The model's Relax module with its int8 and offloaded ops partitioned out: (the int8 partition, the offload
+    partition, whose `mod` goes on to TVM). The build and the tuning stage start from the same module."""
     from tasks.compile import int8
-    from tasks.compile.offload import OffloadError, external_modules, partition
+    from tasks.compile.offload import OffloadError, partition
 
-    target = make_target(target_json, where)
     try:
         # int8 first: every later pass (the offload's FoldConstant, lowering) would dequantize the weights.
         integer = int8.partition(load_relax(source), prefix, wide_weights=arm_dsp, rounding=rounding_of(source))
@@ -317,11 +350,23 @@ def build(source: Path, prefix: str, target_json: dict[str, Any], where: str = "
         offloaded = partition(integer.mod, prefix, offload)
     except OffloadError as e:
         raise BuildError(f"{source}: offload: {e}") from None
+    return integer, offloaded
+
+
+def build(source: Path, prefix: str, target_json: dict[str, Any], where: str = "target",
+          offload: tuple[str, ...] = (), profile: str = "release", arm_dsp: bool = False,
+          records: Path | None = None) -> BuildResult:
+    from tasks.compile import int8
+    from tasks.compile.offload import external_modules
+
+    target = make_target(target_json, where)
+    integer, offloaded = prepare(source, prefix, offload, arm_dsp)
     mod = offloaded.mod
     ext_modules, ext_constants = external_modules(mod)  # the int8 ones too: RunCodegen keeps earlier modules
     external = frozenset(f for m in ext_modules for f in _functions(m))
-    lowered = lower(mod, target, profile)
+    lowered, plan_tuning = lower(mod, target, profile, records)
     plan, params, kernels = extract_plan(lowered, prefix, source, external)
+    plan.tuning = plan_tuning
     plan.ops = int8.op_summary(integer.kernels, plan, external, _float_kernels(kernels))
     runtime_module, workspace = compile_kernels(kernels, lowered.attrs, target, profile)
     for ext in ext_modules:
@@ -383,21 +428,28 @@ def build_pair(p: Pair) -> BuildResult:
     return run_build(p.model.source, p.model.name, p.model.prefix, p.target.name, p.target.tvm_target(),
                      read_signature(p.model_files.import_json), p.files,
                      where=f"{p.pipeline_file.name}: targets.{p.target.name}.tvm", offload=p.target.offload,
-                     profile=p.target.profile, arm_dsp=p.target.board.arm_dsp)
+                     profile=p.target.profile, arm_dsp=p.target.board.arm_dsp,
+                     records=p.files.tune.dir if p.target.tune else None)
 
 
 def run_build(source: Path, model_name: str, prefix: str, target_name: str, target_json: dict[str, Any],
               signature: ModelSignature, files: PairFiles, where: str = "target",
-              offload: tuple[str, ...] = (), profile: str = "release", arm_dsp: bool = False) -> BuildResult:
+              offload: tuple[str, ...] = (), profile: str = "release", arm_dsp: bool = False,
+              records: Path | None = None) -> BuildResult:
     """Write the kernels (kernels.c or kernels.o), plan.json, params.npz, modules.json, and external.c (the C of
     the int8 and offloaded ops; a comment alone when there are none)."""
     from tasks.compile.classify import inventory
 
-    result = build(source, prefix, target_json, where, offload, profile, arm_dsp)
+    result = build(source, prefix, target_json, where, offload, profile, arm_dsp, records)
     if len(result.plan.inputs) != len(signature.inputs) or len(result.plan.outputs) != len(signature.outputs):
         raise BuildError(f"{source}: lowered main has {len(result.plan.inputs)} inputs and "
                          f"{len(result.plan.outputs)} outputs; the model declares {len(signature.inputs)} "
                          f"and {len(signature.outputs)}.")
+    if result.plan.tuning and result.plan.tuning.missing:
+        print(f"build {target_name}/{model_name}: the tuning records in {records} have no entry for "
+              f"{', '.join(result.plan.tuning.missing)} (tuned for another version of the model?): those kernels "
+              f"keep TVM's default schedule. HINT: doit retune:{target_name}/{model_name}", file=sys.stderr,
+              flush=True)
     write_kernels(result, files.kernels, model_name, source, target_name)
     fsutil.write_text(files.external_c, external_c(result, model_name, source, target_name))
     fsutil.save_npz(files.params_npz, result.params)

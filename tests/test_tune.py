@@ -1,0 +1,116 @@
+"""The tuning stage: MetaSchedule on a few trials, costed under qemu (instructions) and on the host (wall time);
+records applied by the build deterministically, committed records used without a search, stale ones reported."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from conftest import CONV2D, SINE, run_doit, target
+from tasks import fsutil
+from tasks.compile import relax_build
+from tasks.config import ConfigError, load_pipeline
+from tasks.layout import PipelineFiles, TuneFiles
+
+M4 = target("m4", "llvm", "arm-none-eabi-gcc", "mps2-an386", extra="tune = {trials = 4, batch = 2}")
+HOST = target("hostllvm", "llvm", "host-gcc", "host", extra="tune = {trials = 2, batch = 2}")
+PIPELINE = f'[models.sine]\nsource = "{SINE}"\n' + M4 + HOST
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory):
+    """One tuned build and test of the sine model on Cortex-M4 and the host, then `doit retune` of the M4 pair."""
+    d = tmp_path_factory.mktemp("tune")
+    pipeline = d / "pipeline.toml"
+    pipeline.write_text(PIPELINE)
+    test = run_doit(pipeline, "test")
+    assert test.returncode == 0, test.stdout + test.stderr
+    out = PipelineFiles(d / "out")
+    kernels = {t: out.pair(t, "sine", "sine", "llvm").kernels.read_bytes() for t in ("m4", "hostllvm")}
+    retune = run_doit(pipeline, "retune:m4/sine")
+    assert retune.returncode == 0, retune.stdout + retune.stderr
+    return d, pipeline, out, test, kernels, retune
+
+
+def test_search_reports_progress_and_writes_the_best_record_of_each_kernel(tuned):
+    _, _, out, test, _, _ = tuned
+    assert "tune m4/sine: 4/4 trials" in test.stderr and "best instructions: fused_matmul" in test.stderr
+    assert "tune hostllvm/sine: 2/2 trials" in test.stderr and "best ns:" in test.stderr
+    for name, cost in (("m4", "instructions"), ("hostllvm", "wall-ns")):
+        files = out.pair(name, "sine", "sine", "llvm")
+        summary = fsutil.read_json(files.tune.summary_json)
+        assert summary["cost"] == cost and summary["source"] == "tuned"
+        assert [k["name"] for k in summary["kernels"]] == ["fused_matmul2_add1", "fused_matmul1_add_relu",
+                                                           "fused_matmul_add_relu"]
+        assert sum(k["trials"] for k in summary["kernels"]) == summary["trials"]
+        assert all(0 < k["best"] <= k["untuned"] for k in summary["kernels"])
+        # The build applied exactly the kernels whose record beat TVM's default; the records cover all three.
+        plan = fsutil.read_json(files.plan_json)["tuning"]
+        assert plan["tuned"] == sorted(k["name"] for k in summary["kernels"] if k["best"] < k["untuned"])
+        assert sorted(plan["tuned"] + plan["default"]) == sorted(k["name"] for k in summary["kernels"])
+        assert plan["missing"] == []
+        assert fsutil.read_json(files.test_json)["passed"] is True
+    m4 = fsutil.read_json(out.pair("m4", "sine", "sine", "llvm").tune.summary_json)
+    # Instruction counts are exact: the 16x16 layer's untuned schedule costs the same on every run.
+    assert {k["name"]: k["untuned"] for k in m4["kernels"]}["fused_matmul1_add_relu"] == 780
+    assert m4["kernels"][1]["best"] < 780  # four seeded trials find a better schedule for it
+
+
+def test_builds_from_the_same_records_are_byte_identical(tuned, tmp_path):
+    d, pipeline, out, _, kernels, _ = tuned
+    p = load_pipeline(pipeline)
+    records = out.pair("m4", "sine", "sine", "llvm").tune.dir
+    t = p.targets["m4"]
+    objects = []
+    for i in range(2):
+        result = relax_build.build(SINE, "sine", t.tvm_target(), records=records)
+        path = tmp_path / f"k{i}.o"
+        relax_build.write_kernels(result, path, "sine", SINE, "m4")
+        objects.append(path.read_bytes())
+    assert objects[0] == objects[1]
+    untuned = relax_build.build(SINE, "sine", t.tvm_target())
+    relax_build.write_kernels(untuned, tmp_path / "untuned.o", "sine", SINE, "m4")
+    assert (tmp_path / "untuned.o").read_bytes() != objects[0]
+
+
+def test_retune_commits_records_that_a_fresh_build_uses_without_searching(tuned):
+    d, pipeline, out, _, _, retune = tuned
+    committed = TuneFiles(d / "tuning" / "m4" / "sine")
+    assert committed.exists() and "4/4 trials" in retune.stderr
+    assert fsutil.read_json(committed.summary_json)["pair"] == "m4/sine"
+    shutil.rmtree(d / "out" / "m4")
+    build = run_doit(pipeline, "build")
+    assert build.returncode == 0, build.stdout + build.stderr
+    assert "tune m4/sine:" not in build.stderr  # no search: the committed records were copied
+    files = out.pair("m4", "sine", "sine", "llvm")
+    assert fsutil.read_json(files.tune.summary_json)["source"] == "committed"
+    assert files.tune.records.read_bytes() == committed.records.read_bytes()
+    again = run_doit(pipeline, "build")
+    assert again.executed() == []
+
+
+def test_records_of_another_model_are_reported_as_missing(tuned, capsys):
+    _, _, out, _, _, _ = tuned
+    records = out.pair("m4", "sine", "sine", "llvm").tune.dir
+    result = relax_build.build(CONV2D, "conv2d", load_pipeline(tuned[1]).targets["m4"].tvm_target(), records=records)
+    assert result.plan.tuning.tuned == [] and result.plan.tuning.missing  # nothing applied, and it says so
+
+
+def test_tune_needs_the_llvm_backend(write_pipeline):
+    with pytest.raises(ConfigError, match=r"targets\.t\.tune: MetaSchedule tunes TVM's LLVM kernels; backend 'c'"):
+        load_pipeline(write_pipeline(f'[models.sine]\nsource = "{SINE}"\n' + target(extra="tune = {trials = 8}")))
+
+
+@pytest.mark.parametrize("table,key,problem", [
+    ("{}", "targets.t.tune.trials", "missing required key"),
+    ("{trials = 0}", "targets.t.tune.trials", "must be at least 1"),
+    ("{trials = true}", "targets.t.tune.trials", "got a boolean"),
+    ("{trials = 8, batch = 0}", "targets.t.tune.batch", "must be at least 1"),
+    ("{trails = 8}", "targets.t.tune.trails", "did you mean 'trials'"),
+])
+def test_bad_tune_tables_name_the_key(write_pipeline, table, key, problem):
+    with pytest.raises(ConfigError) as info:
+        load_pipeline(write_pipeline(f'[models.sine]\nsource = "{SINE}"\n'
+                                     + target(backend="llvm", extra=f"tune = {table}")))
+    assert key in str(info.value) and problem in str(info.value)
