@@ -141,6 +141,8 @@ class Board:
     debian_package: str = read_by("run", "bench")  # provides run[0]
     memory: Memory | None = read_by("link", "bench")  # bare-metal only
     mattr: tuple[str, ...] = read_by("build", default=())  # LLVM target features for TVM's codegen
+    # host boards: CPU features (/proc/cpuinfo flags) the programs need; a run on a machine without them refuses
+    cpu_flags: tuple[str, ...] = read_by("run", "bench", default=())
 
     @property
     def runner(self) -> str:
@@ -405,13 +407,16 @@ def load_board(name: str, board_dir: Path | tuple[Path, ...] = BOARD_DIR) -> Boa
     path = _file_in(board_dir, name)
     data = _read_toml(path, "", "board file")
     _check_keys(path, "", data, {"description": str, "kind": str, "triple": str, "cpu": str, "mattr": list,
-                                  "cflags": list,
+                                  "cflags": list, "cpu_flags": list,
                                   "ldflags": list, "run": list, "debian_package": str, "memory": dict},
                 required=("kind", "run", "debian_package"))
     if data["kind"] not in BOARD_RUNNERS:
         raise ConfigError(path, "kind", f"unknown board kind '{data['kind']}'.",
                           f"use one of: {', '.join(BOARD_RUNNERS)}")
-    _check_string_lists(path, data, ("mattr", "cflags", "ldflags", "run"))
+    _check_string_lists(path, data, ("mattr", "cflags", "cpu_flags", "ldflags", "run"))
+    if data.get("cpu_flags") and data["kind"] != "host":
+        raise ConfigError(path, "cpu_flags", "only a host board runs programs on this machine's CPU.",
+                          "remove cpu_flags, or set kind = \"host\"")
     if "{program}" not in data["run"]:
         raise ConfigError(path, "run", "the command must contain \"{program}\", the program to run.")
     memory = None
@@ -426,6 +431,7 @@ def load_board(name: str, board_dir: Path | tuple[Path, ...] = BOARD_DIR) -> Boa
         memory = Memory(**fields, regions=_load_regions(path, data["memory"].get("regions", {})))
     return Board(name=name, file=path, description=data.get("description", ""), kind=data["kind"],
                  triple=data.get("triple", ""), cpu=data.get("cpu", ""), mattr=tuple(data.get("mattr", [])),
+                 cpu_flags=tuple(data.get("cpu_flags", [])),
                  cflags=tuple(data.get("cflags", [])),
                  ldflags=tuple(data.get("ldflags", [])), run=tuple(data["run"]),
                  debian_package=data["debian_package"], memory=memory)

@@ -6,6 +6,7 @@ The program prints `crtforge-output <index> <nbytes> <hex>` per output and `crtf
 
 from __future__ import annotations
 
+import re
 import shutil
 import signal
 import subprocess
@@ -40,6 +41,16 @@ def runner_argv(board: Board, program: Path) -> list[str]:
 _NATIVE_MACHINES = {"x86_64": "EM_X86_64", "aarch64": "EM_AARCH64", "riscv64": "EM_RISCV", "armv7l": "EM_ARM"}
 
 
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
+    """This machine's CPU feature flags (the x86 `flags` line, or Arm's `Features`); empty where not readable."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return set()
+    m = re.search(r"^(?:flags|Features)\s*:(.*)$", text, re.M)
+    return set(m.group(1).split()) if m else set()
+
+
 def _check_native(board: Board, program: Path) -> None:
     """A cross-compiled program run natively fails with 'Exec format error': say which toolchain is wrong."""
     import platform
@@ -47,6 +58,11 @@ def _check_native(board: Board, program: Path) -> None:
     from elftools.common.exceptions import ELFError
     from elftools.elf.elffile import ELFFile
 
+    missing = sorted(set(board.cpu_flags) - cpu_flags())
+    if missing:
+        raise RunError(f"{program.name} is built for board '{board.name}', which needs CPU features this machine "
+                       f"lacks: {', '.join(missing)} (from {board.file.name}'s cpu_flags).",
+                       hint="build for board \"host\" on this machine, or run on a CPU that has them")
     want = _NATIVE_MACHINES.get(platform.machine())
     try:
         with open(program, "rb") as f:
