@@ -389,7 +389,8 @@ def bench_tasks(pipeline: Pipeline) -> Iterator[dict[str, Any]]:
                "doc": "instructions per inference, sizes split, arena against its lower bound (and wall time on the host)",
                "actions": [_action(bench.bench_pair, p, plugin)],
                "file_dep": _paths(f.program, f.plan_json, f.sizes_json, p.model_files.import_json,
-                                  f.classification_json, f.library, p.model_files.inputs_npz, plugin)
+                                  f.classification_json, f.library, p.model_files.inputs_npz, plugin,
+                                  *([f.tune.summary_json] if target.tune else []))
                + list(deps.code_files("tasks.bench.measure")) + CRT_FILES,
                "targets": _paths(f.bench_json, *timing), "uptodate": _uptodate("bench", model, target),
                "clean": True}

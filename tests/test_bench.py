@@ -85,3 +85,26 @@ def test_peers_are_compared_with_the_fastest_native_release_build():
     best, every = fastest_host(results, "m", "wall_ns")
     assert best["target"] == "host-offload" and every == {"host": 90.0, "host-offload": 30.0}
     assert fastest_host(results, "absent", "wall_ns") == (None, {})
+
+
+def test_a_tuned_pair_is_compared_with_the_same_board_and_toolchain_untuned():
+    from tasks.bench.measure import _tuning_lines, tuning_comparisons
+
+    def row(target, instructions, board="mps2-an386", toolchain="arm-none-eabi-gcc", offload=(), tuning=None):
+        return {"target": target, "model": "m", "macs": 1000, "instructions": instructions, "board": board,
+                "toolchain": toolchain, "offload": list(offload), "tuning": tuning, "profile": "release",
+                "wall_ns": None}
+
+    tuning = {"cost": "instructions", "source": "committed", "trials": 96, "seconds": 120.5, "records_bytes": 5000,
+              "kernels": [{"name": "fused_matmul", "untuned": 900.0, "best": 300.0, "trials": 96}]}
+    results = [row("m4", 3000), row("m4-clang", 2000, toolchain="clang-cortex-m4"),
+               row("m4-offload", 1000, offload=["crtforge_dense"]), row("m3", 9000, board="mps2-an385"),
+               row("m4-tuned", 1500, tuning=tuning)]
+    [c] = tuning_comparisons(results)
+    assert (c["target"], c["untuned_target"], c["untuned_instructions"], c["instructions"]) == ("m4-tuned", "m4",
+                                                                                               3000, 1500)
+    assert c["trials"] == 96 and c["tuning_seconds"] == 120.5 and c["records_bytes"] == 5000
+    assert c["kernels"] == {"fused_matmul": [900.0, 300.0]}
+    line = _tuning_lines([c])[-2]
+    assert line.startswith("| m4-tuned | m | m4 | 3,000 | 1,500 | 3.00 | 1.50 | n/a | n/a | 96 | 120.5 | 5,000 |")
+    assert line.endswith("fused_matmul 900 → 300 |")

@@ -89,3 +89,25 @@ def test_outputs_with_the_same_name_keep_one_entry_each(tmp_path):
     assert list(result["outputs"]) == ["y (output 0)", "y (output 1)"]
     assert result["outputs"]["y (output 0)"]["passed"] and not result["outputs"]["y (output 1)"]["passed"]
     assert result["passed"] is False
+
+
+def test_a_board_needing_cpu_features_this_machine_lacks_refuses_to_run(tmp_path):
+    from dataclasses import replace
+
+    program = script(tmp_path, "echo 'crtforge-done'\n")
+    board = replace(HOST, cpu_flags=("avx2", "crtforge_no_such_feature"))
+    with pytest.raises(RunError, match=r"needs CPU features this machine lacks: crtforge_no_such_feature "
+                                       r"\(from host.toml's cpu_flags\).*HINT: build for board \"host\""):
+        run_program(board, program, SIG, 10, tmp_path / "o.npz", tmp_path / "run.log")
+
+
+def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
+    from tasks.execute.run import cpu_flags
+
+    x86 = tmp_path / "x86"
+    x86.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\nbugs\t\t: spectre_v1\n")
+    arm = tmp_path / "arm"
+    arm.write_text("processor\t: 0\nFeatures\t: fp asimd evtstrm\n")
+    assert cpu_flags(x86) == {"fpu", "sse2", "avx2", "fma"}
+    assert cpu_flags(arm) == {"fp", "asimd", "evtstrm"}
+    assert cpu_flags(tmp_path / "missing") == set()

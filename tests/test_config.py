@@ -222,6 +222,16 @@ def test_board_mattr_reaches_the_tvm_target(tmp_path):
         load_board("b", tmp_path)
 
 
+def test_board_cpu_flags_are_for_host_boards(tmp_path):
+    v3 = load_board("host-x86-64-v3")
+    assert v3.cpu_flags == ("avx2", "fma") and v3.cpu == "x86-64-v3"
+    assert "-march=x86-64-v3" in v3.cflags
+    (tmp_path / "b.toml").write_text('kind = "linux"\nrun = ["qemu-aarch64", "{program}"]\ndebian_package = "q"\n'
+                                     'cpu_flags = ["asimd"]\n')
+    with pytest.raises(ConfigError, match=r"b.toml: cpu_flags: only a host board runs programs on this machine's CPU"):
+        load_board("b", tmp_path)
+
+
 @pytest.mark.parametrize("name", [p.stem for p in sorted((ROOT / "boards").glob("*.toml"))])
 def test_shipped_boards_load(name):
     board = load_board(name)

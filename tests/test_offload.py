@@ -66,13 +66,52 @@ def test_dense_kernel_equals_numpy(tmp_path, m, k, n):
     np.testing.assert_allclose(y, x.astype(np.float64) @ w + b, rtol=1e-5, atol=1e-5)
 
 
+class ConvShape(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_int32) for name in (
+        "batches", "in_h", "in_w", "in_c", "out_h", "out_w", "out_c", "kernel_h", "kernel_w", "stride_h", "stride_w",
+        "dilation_h", "dilation_w", "pad_top", "pad_left", "nchw", "relu")]
+
+
+@pytest.mark.parametrize("h,w,c,k,stride,dilation,pads,relu", [
+    (5, 6, 4, 3, 1, 1, (1, 1, 1, 1), 0), (7, 9, 14, 3, 2, 1, (1, 0, 1, 1), 1), (6, 6, 3, 5, 1, 2, (4, 4, 4, 4), 0),
+    (4, 4, 9, 1, 1, 1, (0, 0, 0, 0), 1)])
+def test_depthwise_kernel_equals_numpy(tmp_path, h, w, c, k, stride, dilation, pads, relu):
+    so = tmp_path / "libdense.so"
+    subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-Wall", "-Wextra", "-Werror", "-I", str(CRT / "include"),
+                    "-o", str(so), str(CRT / "src" / "dense.c")], check=True, capture_output=True, text=True)
+    lib = ctypes.CDLL(str(so))
+    rng = np.random.default_rng(h * c + k)
+    x = rng.standard_normal((2, h, w, c)).astype(np.float32)
+    f = rng.standard_normal((k, k, c)).astype(np.float32)
+    b = rng.standard_normal(c).astype(np.float32)
+    top, left, bottom, right = pads
+    span = (k - 1) * dilation + 1
+    oh, ow = (h + top + bottom - span) // stride + 1, (w + left + right - span) // stride + 1
+    padded = np.pad(x.astype(np.float64), ((0, 0), (top, bottom), (left, right), (0, 0)))
+    want = np.zeros((2, oh, ow, c)) + b
+    for ky in range(k):
+        for kx in range(k):
+            y0, x0 = ky * dilation, kx * dilation
+            want += padded[:, y0:y0 + stride * (oh - 1) + 1:stride, x0:x0 + stride * (ow - 1) + 1:stride, :] * f[ky, kx]
+    if relu:
+        want = np.maximum(want, 0)
+    y = np.full((2, oh, ow, c), np.nan, np.float32)
+    shape = ConvShape(2, h, w, c, oh, ow, c, k, k, stride, stride, dilation, dilation, top, left, 0, relu)
+    ptr = lambda a: a.ctypes.data_as(ctypes.POINTER(ctypes.c_float))  # noqa: E731
+    assert lib.crtforge_depthwise_f32(ctypes.byref(shape), ptr(x), ptr(f), ptr(b), ptr(y)) == 0
+    np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5)
+    shape.nchw = 1
+    assert lib.crtforge_depthwise_f32(ctypes.byref(shape), ptr(x), ptr(f), ptr(b), ptr(y)) == -1
+
+
 def test_a_convolution_with_bias_is_offloaded_with_packed_weights():
     offloaded = partition(load_relax(CONV2D), "conv2d", ("crtforge_dense",))
     mods, constants = external_modules(offloaded.mod)
     [m] = mods
     [name] = m.get_function("get_func_names")()
     src = m.inspect_source()
-    assert "crtforge_conv2d_f32(&" in src and ".nchw = 1," in src and ".relu = 0," in src
+    # The ONNX (NCHW) convolution runs NHWC: ConvertLayout puts transposes at its edges, which TVM's kernels do.
+    assert "crtforge_conv2d_f32(&" in src and ".nchw = 0," in src and ".relu = 0," in src
     packed = f"{name}_packed_weights"
     assert packed in [str(n) for n in m.get_function("get_const_vars")()]
     # One output row's columns (kernel_h * kernel_w * in_c floats a pixel) and outputs, padded to 16 bytes.
@@ -118,18 +157,23 @@ def test_no_constant_table_when_no_module_needs_one():
 
 
 def conv_relu_model(path) -> None:
-    """Conv 3x3 of 5 to 12 channels (a block of 8 and a narrower one of 4) + ReLU on a 7x9 NCHW input: 9 pixels
-    a row, so Cortex-M4F's two-pixel kernel also leaves one pixel alone."""
+    """Conv 3x3 of 5 to 14 channels (a block of 8 and a narrower one of 6) + ReLU on a 7x9 NCHW input: 9 pixels
+    a row, so Cortex-M4F's two-pixel kernel also leaves one pixel alone. Then a depthwise 3x3, stride 2, with
+    asymmetric padding: 14 channels are three groups of 4 and a remainder of 2."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(9)
-    inits = [numpy_helper.from_array(rng.standard_normal((12, 5, 3, 3)).astype(np.float32), "w"),
-             numpy_helper.from_array(rng.standard_normal(12).astype(np.float32), "b")]
+    inits = [numpy_helper.from_array(rng.standard_normal((14, 5, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.standard_normal(14).astype(np.float32), "b"),
+             numpy_helper.from_array(rng.standard_normal((14, 1, 3, 3)).astype(np.float32), "dw"),
+             numpy_helper.from_array(rng.standard_normal(14).astype(np.float32), "db")]
     nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
-             helper.make_node("Relu", ["c"], ["y"])]
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Conv", ["r", "dw", "db"], ["y"], kernel_shape=[3, 3], pads=[1, 0, 1, 1], strides=[2, 2],
+                              group=14)]
     graph = helper.make_graph(nodes, "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 5, 7, 9])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 12, 7, 9])], inits)
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 14, 4, 4])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, str(path))
@@ -153,7 +197,9 @@ def test_offload_builds_and_passes_on_host_and_cortex_m4(write_pipeline, tmp_pat
             d = tmp_path / "out" / target / model
             assert fsutil.read_json(d / "test.json")["passed"] is True, (target, model)
             assert "crtforge_conv2d_f32(&" in (d / "external.c").read_text()
-    assert ".relu = 1," in (tmp_path / "out" / "m4-offload" / "conv12" / "external.c").read_text()
+    conv12 = (tmp_path / "out" / "m4-offload" / "conv12" / "external.c").read_text()
+    assert ".relu = 1," in conv12 and "crtforge_depthwise_f32(&" in conv12
+    assert conv12.count("__tvm_ffi_conv12_") == 2 and ".nchw = 0," in conv12  # both NHWC after ConvertLayout
     for target in ("host-offload", "m4-offload"):
         d = tmp_path / "out" / target / "sine"
         assert fsutil.read_json(d / "test.json")["passed"] is True

@@ -214,7 +214,9 @@ def bench_pair(p: Pair, plugin: Path) -> dict[str, Any]:
     workspace = max((s["nbytes"] for s in plan["storages"] if s["kind"] == "workspace"), default=0)
     result = {
         "target": p.target.name, "model": p.model.name, "profile": p.target.profile, "backend": p.target.backend,
-        "board": p.target.board.name, "macs": macs, "instructions": count,
+        "board": p.target.board.name, "toolchain": p.target.toolchain.name, "offload": list(p.target.offload),
+        "tuning": fsutil.read_json(f.tune.summary_json) if p.target.tune else None, "macs": macs,
+        "instructions": count,
         "instructions_per_mac": round(count / macs, 3) if macs else None,
         "sizes": size_split(f.program, p.model.prefix, const_vars, sizes["program"], p.target.board.memory),
         "model_flash": sizes["library"]["flash"],
@@ -282,10 +284,51 @@ def report(results: list[dict[str, Any]], peers: dict[str, dict[str, Any]], out_
             profiles.append({"target": r["target"], "model": r["model"], "release_flash": r["sizes"]["flash"]["total"],
                              "debug_flash": debug["sizes"]["flash"]["total"], "release_model_flash": r["model_flash"],
                              "debug_model_flash": debug["model_flash"]})
-    fsutil.write_json(out_json, {"results": results, "peers": comparisons, "profiles": profiles})
-    fsutil.write_text(out_md, _markdown(results, comparisons, profiles))
+    tuning = tuning_comparisons(results)
+    fsutil.write_json(out_json, {"results": results, "peers": comparisons, "profiles": profiles, "tuning": tuning})
+    fsutil.write_text(out_md, _markdown(results, comparisons, profiles, tuning))
     return [_plot(target, [r for r in results if r["target"] == target], plot_dir)
             for target in dict.fromkeys(r["target"] for r in results)]
+
+
+def tuning_comparisons(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each tuned pair against the same model untuned: the release build on the same board with the same toolchain,
+    no offload and no tuning (TVM's default schedules), and what the tuning run cost."""
+    rows = []
+    for r in results:
+        t = r.get("tuning")
+        if not t:
+            continue
+        base = [b for b in results if b["model"] == r["model"] and b["board"] == r["board"] and not b.get("tuning")
+                and b.get("toolchain") == r.get("toolchain") and not b.get("offload") and b["profile"] == "release"]
+        before = min(base, key=lambda b: b["instructions"]) if base else None
+        rows.append({"target": r["target"], "model": r["model"], "macs": r["macs"], "instructions": r["instructions"],
+                     "untuned_target": before["target"] if before else None,
+                     "untuned_instructions": before["instructions"] if before else None,
+                     "wall_ns": r["wall_ns"], "untuned_wall_ns": before["wall_ns"] if before else None,
+                     "cost": t["cost"], "trials": t["trials"], "tuning_seconds": t["seconds"],
+                     "records_bytes": t["records_bytes"], "source": t["source"],
+                     "kernels": {k["name"]: [k["untuned"], k["best"]] for k in t["kernels"]}})
+    return rows
+
+
+def _tuning_lines(tuning: list[dict[str, Any]]) -> list[str]:
+    lines = ["## Tuned kernels (MetaSchedule) against TVM's default schedules", "",
+             "`untuned` is the same model on the same board and toolchain with TVM's default schedules, measured in "
+             "this run. Tuning time and records are those of the committed records (`tuning/`), searched on this 2-core "
+             "machine; kernel costs are what the search measured (instructions under qemu, ns on the host).", "",
+             "| target | model | untuned target | instructions untuned | tuned | per MAC untuned | tuned | wall ns "
+             "untuned | tuned | trials | tuning s | records B | kernels: untuned → best |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for t in tuning:
+        per = (lambda n: _fmt(n / t["macs"], ".2f") if n and t["macs"] else "n/a")
+        kernels = "; ".join(f"{k} {_fmt(round(a))} → {_fmt(round(b))}" for k, (a, b) in t["kernels"].items())
+        lines.append(f"| {t['target']} | {t['model']} | {t['untuned_target'] or 'n/a'} | "
+                     f"{_fmt(t['untuned_instructions'])} | {_fmt(t['instructions'])} | "
+                     f"{per(t['untuned_instructions'])} | {per(t['instructions'])} | {_fmt(t['untuned_wall_ns'] and round(t['untuned_wall_ns']))} | "
+                     f"{_fmt(t['wall_ns'] and round(t['wall_ns']))} | {t['trials']} | {t['tuning_seconds']} | "
+                     f"{_fmt(t['records_bytes'])} | {kernels} |")
+    return lines + [""]
 
 
 # TFLM with CMSIS-NN on mps2-an386, counted by the same method (../shared/README.md): the int8 MLP 256-512-512-10,
@@ -305,7 +348,7 @@ def _cmsis_nn_rows(results: list[dict[str, Any]]) -> list[str]:
     return rows
 
 
-def _markdown(results, comparisons, profiles) -> str:
+def _markdown(results, comparisons, profiles, tuning=()) -> str:
     lines = ["# crtforge benchmarks", "",
              "Instructions per inference are exact: guest instructions between the harness's markers under qemu "
              "(TCG plugin), or callgrind's count of `<model>_run` on the host. Sizes are bytes of the linked test "
@@ -325,6 +368,8 @@ def _markdown(results, comparisons, profiles) -> str:
                          f"{_fmt(r['arena_lower_bound'])} | {_fmt(r['arena_ratio'], '.3f')} | "
                          f"{_fmt(r['workspace_peak'])} | {_fmt(r['stack_high_water'])} |")
         lines.append("")
+    if tuning:
+        lines += _tuning_lines(tuning)
     lines += ["## Peers, measured in the same run", "",
               "Our fastest host target for each model (its release builds that run natively), the others beside it.",
               "",

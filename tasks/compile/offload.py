@@ -53,11 +53,13 @@ _CONV_LAYOUTS = {("NCHW", "OIHW", "NCHW"): 1, ("NHWC", "HWIO", "NHWC"): 0}
 
 
 def _conv_supported(context) -> bool:
-    """float32 conv2d, groups 1, ONNX's or TFLite's layout, plus a constant bias of one value per channel."""
+    """float32 conv2d, ONNX's or TFLite's layout, groups 1 or depthwise (NHWC, one filter per channel), plus a
+    constant bias of one value per channel."""
     parts = context.annotated_expr
     conv, bias, out = parts["conv"], parts["bias"], parts["out"]
     a = conv.attrs
-    if (str(a.data_layout), str(a.kernel_layout), str(a.out_layout)) not in _CONV_LAYOUTS or int(a.groups) != 1:
+    layouts = (str(a.data_layout), str(a.kernel_layout), str(a.out_layout))
+    if layouts not in _CONV_LAYOUTS or (int(a.groups) != 1 and not _depthwise(conv)):
         return False
     if any(str(e.ty.dtype) != "float32" for e in (parts["x"], parts["weight"], bias, out)):
         return False
@@ -66,6 +68,13 @@ def _conv_supported(context) -> bool:
         return False
     channels = os_[1] if str(a.out_layout) == "NCHW" else os_[3]
     return int(np.prod(bs)) == channels and max(bs) == channels
+
+
+def _depthwise(conv) -> bool:
+    """A depthwise conv2d crtforge_depthwise_f32 takes: NHWC, HWIO weights [kh][kw][1][channels], groups = channels."""
+    a, ws = conv.attrs, _shape(conv.args[1])
+    return (str(a.data_layout), str(a.kernel_layout)) == ("NHWC", "HWIO") and ws is not None and len(ws) == 4 \
+        and ws[2] == 1 and int(a.groups) == ws[3] > 1
 
 
 def _shape(expr) -> tuple[int, ...] | None:
@@ -148,12 +157,14 @@ def _emit_conv(found: "Offloaded", func, calls: dict[str, Any], constant_names) 
         raise OffloadError(f"{symbol}: expected conv2d by a constant weight plus a constant bias")
     a = conv.attrs
     nchw = _CONV_LAYOUTS[(str(a.data_layout), str(a.kernel_layout), str(a.out_layout))]
+    depthwise = _depthwise(conv)
     weights = w.value.numpy()
-    # W as [k][out_c], k in the column's order (ky, kx, c).
+    # W as [k][out_c], k in the column's order (ky, kx, c); depthwise as [ky][kx][c], one filter per channel.
     matrix = np.transpose(weights, (2, 3, 1, 0)) if nchw else weights
     out_c = matrix.shape[-1]
     weight = f"{symbol}_packed_weights"
-    found.constants[weight] = pack_dense(matrix.reshape(-1, out_c))
+    flat = matrix.reshape(-1, out_c)
+    found.constants[weight] = np.ascontiguousarray(flat).reshape(-1) if depthwise else pack_dense(flat)
     xs, ys = _shape(func.params[0]), _shape(conv)
     if nchw:
         xs, ys = (xs[0], xs[2], xs[3], xs[1]), (ys[0], ys[2], ys[3], ys[1])
@@ -163,11 +174,13 @@ def _emit_conv(found: "Offloaded", func, calls: dict[str, Any], constant_names) 
              "out_c": ys[3], "kernel_h": kh, "kernel_w": kw, "stride_h": int(a.strides[0]),
              "stride_w": int(a.strides[1]), "dilation_h": int(a.dilation[0]), "dilation_w": int(a.dilation[1]),
              "pad_top": pad[0], "pad_left": pad[1], "nchw": nchw, "relu": int("relax.nn.relu" in calls)}
-    scratch = 4 * ys[2] * (kh * kw * xs[3] + ys[3])  # CRTFORGE_CONV2D_F32_SCRATCH: a row of pixels
-    found.workspace[symbol] = workspace_size(scratch)
+    if not depthwise:  # the depthwise kernel needs no scratch
+        scratch = 4 * ys[2] * (kh * kw * xs[3] + ys[3])  # CRTFORGE_CONV2D_F32_SCRATCH: a row of pixels
+        found.workspace[symbol] = workspace_size(scratch)
+    k = kh * kw * (1 if depthwise else xs[3])
     source = _env().get_template("offload_conv2d.c.j2").render(
-        symbol=symbol, weight=weight, bias=str(constant_names[b]), k=kh * kw * xs[3], shape=shape,
-        workspace=found.workspace[symbol], layout="NCHW" if nchw else "NHWC")
+        symbol=symbol, weight=weight, bias=str(constant_names[b]), k=k, shape=shape, depthwise=depthwise,
+        workspace=found.workspace.get(symbol, 0), layout="NCHW" if nchw else "NHWC")
     return tvm.get_global_func("runtime.CSourceModuleCreate")(source, "c", [symbol], [weight, str(constant_names[b])])
 
 
@@ -203,6 +216,10 @@ def partition(mod, prefix: str, codegens: tuple[str, ...]) -> Offloaded:
     # weights and the scratch of what it emits.
     found = Offloaded(None)
     tvm_ffi.register_global_func(f"relax.ext.{_CODEGEN}", functools.partial(_codegen, found), override=True)
+    # NHWC convolutions: a pixel's input channels and output channels are then contiguous, so NCHW models (ONNX)
+    # gather and scatter no strided columns; between two convolutions the layout stays NHWC, and FoldConstant
+    # transposes the weights at build time.
+    mod = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]})(mod)
     mod = relax.transform.FoldConstant()(mod)
     pattern, annotations = _pattern()
     patterns = [(f"{_CODEGEN}.conv2d_bias_relu", *_conv_pattern(True), _conv_supported),

@@ -259,7 +259,7 @@ def _ms_classes():
                 index, inp = item
                 try:
                     func = inp.mod["main"]
-                    return BuilderResult(str(self.harness.build(func, "a candidate", index, inp.target)), None)
+                    return BuilderResult(str(self.harness.build(func, f"candidate {index}", index, inp.target)), None)
                 except Exception as e:  # a candidate that does not compile is a failed trial, not a failed tune
                     return BuilderResult(None, f"{type(e).__name__}: {e}")
 
@@ -328,7 +328,8 @@ def _plugin(work: Path) -> Path:
 
 def untuned_costs(tasks: list[Any], harness: Harness, plugin: Path | None, tvm_target) -> dict[str, float]:
     """TVM's default schedule of each kernel, measured the same way: the figure tuning must beat."""
-    return {t.task_name: harness.cost(harness.build(t.dispatched[0]["main"], t.task_name, -1 - i, tvm_target), plugin)
+    return {t.task_name: harness.cost(harness.build(t.dispatched[0]["main"], f"{t.task_name}, TVM's default schedule",
+                                                    -1 - i, tvm_target), plugin)
             for i, t in enumerate(tasks)}
 
 

@@ -53,6 +53,15 @@ typedef struct crtforge_conv2d_f32_shape {
 int32_t crtforge_conv2d_f32(const crtforge_conv2d_f32_shape* s, const float* x, const float* w, const float* bias,
                             float* scratch, float* y);
 
+/**
+ * Depthwise y = conv2d(x, W, groups = channels) + bias (then ReLU when s->relu), NHWC, one filter per channel
+ * (depth multiplier 1: s->in_c == s->out_c).
+ * \param[in] w W as [kernel_h][kernel_w][channels]
+ * \return 0, or -1 for a shape it does not take (NCHW, or out_c != in_c)
+ */
+int32_t crtforge_depthwise_f32(const crtforge_conv2d_f32_shape* s, const float* x, const float* w, const float* bias,
+                               float* y);
+
 #ifdef __cplusplus
 }
 #endif
