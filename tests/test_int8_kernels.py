@@ -84,11 +84,6 @@ class MulParamsC(ctypes.Structure):
     _fields_ = [(f, ctypes.c_int32) for f in qz.MulParams.__dataclass_fields__]
 
 
-@pytest.fixture(scope="module")
-def lib(int8_lib) -> ctypes.CDLL:
-    return int8_lib
-
-
 def _ptr(a: np.ndarray, ctype):
     return a.ctypes.data_as(ctypes.POINTER(ctype))
 
@@ -161,7 +156,7 @@ def _quant_c(q: qz.ChannelQuant, fast: bool) -> tuple[ChannelQuantC, tuple]:
     return qc, keep  # the arrays must outlive the call
 
 
-def run_weighted(lib: ctypes.CDLL, p: Prepared) -> np.ndarray:
+def run_weighted(int8_lib: ctypes.CDLL, p: Prepared) -> np.ndarray:
     qc, _keep = _quant_c(p.quant, p.fast)
     x = np.ascontiguousarray(p.input, np.int8)
     w = np.ascontiguousarray(p.weights)
@@ -173,19 +168,19 @@ def run_weighted(lib: ctypes.CDLL, p: Prepared) -> np.ndarray:
     i8, i16, i32 = ctypes.c_int8, ctypes.c_int16, ctypes.c_int32
     if p.kind == "fc":
         s = p.shape
-        rc = getattr(lib, "crtforge_int8_fully_connected" + suffix)(
+        rc = getattr(int8_lib, "crtforge_int8_fully_connected" + suffix)(
             ctypes.byref(qc), _ptr(x, i8), s["batches"], s["in_features"], _ptr(w, wt), _ptr(bias, i32),
             s["out_features"], _ptr(scratch, i16), _ptr(out, i8))
     else:
         shape = ConvShapeC(**p.shape)
-        rc = getattr(lib, "crtforge_int8_conv2d" + suffix)(ctypes.byref(shape), ctypes.byref(qc), _ptr(x, i8),
+        rc = getattr(int8_lib, "crtforge_int8_conv2d" + suffix)(ctypes.byref(shape), ctypes.byref(qc), _ptr(x, i8),
                                                            _ptr(w, wt), _ptr(bias, i32), _ptr(scratch, i16),
                                                            _ptr(out, i8))
     assert rc == 0
     return out
 
 
-def run_depthwise(lib: ctypes.CDLL, case: m.WeightedCase, fast: bool) -> np.ndarray:
+def run_depthwise(int8_lib: ctypes.CDLL, case: m.WeightedCase, fast: bool) -> np.ndarray:
     q = qz.channel_quant(case.s_in, case.zp_in, case.s_w, case.s_out, case.zp_out, case.activation)
     qc, _keep = _quant_c(q, fast)
     geo = conv_shape(case)
@@ -194,7 +189,7 @@ def run_depthwise(lib: ctypes.CDLL, case: m.WeightedCase, fast: bool) -> np.ndar
     w = qz.pack_depthwise(case.weights.reshape(case.weights.shape[1:]), geo["depth_multiplier"])
     scratch = np.zeros(geo["out_c"], np.int32)
     out = np.zeros(int(np.prod(case.output_shape)), np.int8)
-    rc = lib.crtforge_int8_depthwise_conv2d(ctypes.byref(shape), ctypes.byref(qc), _ptr(x, ctypes.c_int8),
+    rc = int8_lib.crtforge_int8_depthwise_conv2d(ctypes.byref(shape), ctypes.byref(qc), _ptr(x, ctypes.c_int8),
                                             _ptr(w, ctypes.c_int16), _ptr(case.bias, ctypes.c_int32),
                                             _ptr(scratch, ctypes.c_int32), _ptr(out, ctypes.c_int8))
     assert rc == 0
@@ -242,8 +237,8 @@ def test_activation_range():
     assert qz.activation_range(Activation.RELU6, 12.0, 0) == (0, 1)
 
 
-def test_requantize_helpers_at_the_edges(lib):
-    f = lib.crtforge_int8_srdhm
+def test_requantize_helpers_at_the_edges(int8_lib):
+    f = int8_lib.crtforge_int8_srdhm
     assert f(INT32_MIN, INT32_MIN) == INT32_MAX  # the one saturating product
     assert f(INT32_MIN, INT32_MAX) == py_srdhm(INT32_MIN, INT32_MAX) == -INT32_MAX
     assert f(1 << 30, 1 << 30) == 1 << 29
@@ -251,11 +246,11 @@ def test_requantize_helpers_at_the_edges(lib):
     assert f(3, 1 << 30) == 2 and f(-3, 1 << 30) == -1 and f(-1, 1 << 30) == 0 and f(-5, 1 << 29) == -1
     assert all(f(a, b) == py_srdhm(a, b) for a in (-7, -3, -1, 0, 1, 3, 7, INT32_MAX) for b in (1 << 29, 1 << 30,
                                                                                                 INT32_MAX))
-    rdbpot = lib.crtforge_int8_rounding_divide_by_pot
+    rdbpot = int8_lib.crtforge_int8_rounding_divide_by_pot
     assert [rdbpot(x, 1) for x in (3, -3, 1, -1, 2, -2)] == [2, -2, 1, -1, 1, -1]  # halves away from zero
     assert rdbpot(-6, 2) == -2 and rdbpot(-5, 2) == -1 and rdbpot(-7, 2) == -2
     assert rdbpot(INT32_MIN, 31) == -1 and rdbpot(INT32_MAX, 31) == 1
-    mbqm = lib.crtforge_int8_multiply_by_quantized_multiplier
+    mbqm = int8_lib.crtforge_int8_multiply_by_quantized_multiplier
     # The largest right shift: INT32_MAX * 0.5 / 2^31 is a half, which rounds away from zero to 1.
     assert mbqm(INT32_MAX, 1 << 30, -31) == py_mbqm(INT32_MAX, 1 << 30, -31) == 1
     assert mbqm(INT32_MIN, 1 << 30, -31) == py_mbqm(INT32_MIN, 1 << 30, -31) == -1
@@ -265,13 +260,13 @@ def test_requantize_helpers_at_the_edges(lib):
     assert mbqm(1 << 28, 1 << 30, 4) == py_mbqm(1 << 28, 1 << 30, 4)  # x * 2^4 wraps like TFLite's
 
 
-def test_requantize_matches_tflite_math(lib):
+def test_requantize_matches_tflite_math(int8_lib):
     rng = np.random.default_rng(7)
     xs = [0, 1, -1, INT32_MIN, INT32_MAX, 1 << 30, -(1 << 30)] + [int(v) for v in rng.integers(INT32_MIN, INT32_MAX,
                                                                                              300)]
     xs += [int(v) for v in rng.integers(-(1 << 20), 1 << 20, 300)]
     reals = [1.0 - 2.0 ** -33, 2.0 ** -32, 2.0 ** -20, 0.5, 3.7] + list(10.0 ** rng.uniform(-9, 1, 40))
-    mbqm = lib.crtforge_int8_multiply_by_quantized_multiplier
+    mbqm = int8_lib.crtforge_int8_multiply_by_quantized_multiplier
     mismatches = []
     for real in reals:
         qm = qz.quantize_multiplier(real)
@@ -357,43 +352,43 @@ def conv_case(seed, shape, oc, kernel, stride, dil, same, act) -> m.WeightedCase
 
 
 @pytest.mark.parametrize("seed,b,k,n,act,pc", _ids(FC_CASES))
-def test_fully_connected(lib, seed, b, k, n, act, pc):
+def test_fully_connected(int8_lib, seed, b, k, n, act, pc):
     case = fc_case(seed, b, k, n, act, pc)
     want = m.run_tflm(case.tflite, [case.input])
     for wide, fast in VARIANTS:
-        got = run_weighted(lib, prepare_weighted(case, "fc", wide, fast)).reshape(want.shape)
+        got = run_weighted(int8_lib, prepare_weighted(case, "fc", wide, fast)).reshape(want.shape)
         np.testing.assert_array_equal(got, want, err_msg=f"wide={wide} fast={fast}")
 
 
 @pytest.mark.parametrize("seed,shape,oc,kernel,stride,dil,same,act", _ids(CONV_CASES))
-def test_conv2d(lib, seed, shape, oc, kernel, stride, dil, same, act):
+def test_conv2d(int8_lib, seed, shape, oc, kernel, stride, dil, same, act):
     case = conv_case(seed, shape, oc, kernel, stride, dil, same, act)
     want = m.run_tflm(case.tflite, [case.input])
     for wide, fast in VARIANTS:
-        got = run_weighted(lib, prepare_weighted(case, "conv", wide, fast)).reshape(want.shape)
+        got = run_weighted(int8_lib, prepare_weighted(case, "conv", wide, fast)).reshape(want.shape)
         np.testing.assert_array_equal(got, want, err_msg=f"wide={wide} fast={fast}")
 
 
 @pytest.mark.parametrize("seed,shape,mult,kernel,stride,dil,same,act", _ids(DW_CASES))
-def test_depthwise_conv2d(lib, seed, shape, mult, kernel, stride, dil, same, act):
+def test_depthwise_conv2d(int8_lib, seed, shape, mult, kernel, stride, dil, same, act):
     case = m.random_conv2d(seed, shape, 0, kernel, stride, dil, same, ACTS[act], depthwise=True,
                            depth_multiplier=mult)
     want = m.run_tflm(case.tflite, [case.input])
     for fast in (False, True):
-        np.testing.assert_array_equal(run_depthwise(lib, case, fast).reshape(want.shape), want, err_msg=f"fast={fast}")
+        np.testing.assert_array_equal(run_depthwise(int8_lib, case, fast).reshape(want.shape), want, err_msg=f"fast={fast}")
 
 
 @pytest.mark.parametrize("op", ["ADD", "MUL"])
 @pytest.mark.parametrize("seed,shape,act", _ids(BINARY_CASES))
-def test_add_mul(lib, op, seed, shape, act):
+def test_add_mul(int8_lib, op, seed, shape, act):
     case = m.random_binary(seed, op, shape, ACTS[act])
     want = m.run_tflm(case.tflite, [case.a, case.b])
     out = np.zeros(case.a.size, np.int8)
     args = (case.s1, case.zp1, case.s2, case.zp2, case.s_out, case.zp_out, case.activation)
     if op == "ADD":
-        params, fn = AddParamsC(**vars(qz.add_params(*args))), lib.crtforge_int8_add
+        params, fn = AddParamsC(**vars(qz.add_params(*args))), int8_lib.crtforge_int8_add
     else:
-        params, fn = MulParamsC(**vars(qz.mul_params(*args))), lib.crtforge_int8_mul
+        params, fn = MulParamsC(**vars(qz.mul_params(*args))), int8_lib.crtforge_int8_mul
     a, b = np.ascontiguousarray(case.a), np.ascontiguousarray(case.b)
     assert fn(ctypes.byref(params), _ptr(a, ctypes.c_int8), _ptr(b, ctypes.c_int8), a.size,
               _ptr(out, ctypes.c_int8)) == 0
@@ -402,12 +397,12 @@ def test_add_mul(lib, op, seed, shape, act):
 
 @pytest.mark.parametrize("op", ["AVERAGE_POOL_2D", "MAX_POOL_2D"])
 @pytest.mark.parametrize("seed,shape,filt,stride,same,act", _ids(POOL_CASES))
-def test_pool(lib, op, seed, shape, filt, stride, same, act):
+def test_pool(int8_lib, op, seed, shape, filt, stride, same, act):
     case = m.random_pool(seed, op, shape, filt, stride, same, ACTS[act])
     want = m.run_tflm(case.tflite, [case.input])
     lo, hi = qz.activation_range(case.activation, float(case.s), case.zp)
     out = np.zeros(int(np.prod(case.output_shape)), np.int8)
-    fn = lib.crtforge_int8_avg_pool2d if op == "AVERAGE_POOL_2D" else lib.crtforge_int8_max_pool2d
+    fn = int8_lib.crtforge_int8_avg_pool2d if op == "AVERAGE_POOL_2D" else int8_lib.crtforge_int8_max_pool2d
     x = np.ascontiguousarray(case.input)
     assert fn(ctypes.byref(ConvShapeC(**conv_shape(case))), lo, hi, _ptr(x, ctypes.c_int8), _ptr(out, ctypes.c_int8)) == 0
     np.testing.assert_array_equal(out.reshape(want.shape), want)
@@ -490,7 +485,7 @@ def _program_case(p: Prepared) -> dict:
             "conv": ", ".join(str(p.shape[f]) for f in SHAPE_FIELDS) if p.kind == "conv" else ""}
 
 
-def test_dsp_path_on_cortex_m4_equals_portable(lib, tmp_path):
+def test_dsp_path_on_cortex_m4_equals_portable(int8_lib, tmp_path):
     prepared = [prepare_weighted(fc_case(3, *v), f"fc-{k}-w{int(wide)}f{int(fast)}", wide, fast)
                 for k, v in FC_CASES.items() for wide, fast in VARIANTS]
     prepared += [prepare_weighted(conv_case(3, *v), f"conv-{k}-w{int(wide)}f{int(fast)}", wide, fast)
@@ -510,7 +505,7 @@ def test_dsp_path_on_cortex_m4_equals_portable(lib, tmp_path):
     got = {line.split()[0]: np.array(line.split()[1:], dtype=np.int64) for line in proc.stdout.splitlines()
            if line.startswith(("fc-", "conv-"))}
     for p in prepared:
-        np.testing.assert_array_equal(got[p.name], run_weighted(lib, p), err_msg=p.name)
+        np.testing.assert_array_equal(got[p.name], run_weighted(int8_lib, p), err_msg=p.name)
 
 
 # onnxruntime's requantisation is float32 arithmetic: on a core without an FPU, libgcc's IEEE soft float.

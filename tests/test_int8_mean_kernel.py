@@ -26,11 +26,6 @@ class MeanParamsC(ctypes.Structure):
     _fields_ = [(f, ctypes.c_int32) for f in mn.MeanParams.__dataclass_fields__]
 
 
-@pytest.fixture(scope="module")
-def lib(int8_lib) -> ctypes.CDLL:
-    return int8_lib
-
-
 def _ptr(a: np.ndarray):
     return a.ctypes.data_as(ctypes.POINTER(ctypes.c_int8))
 
@@ -46,7 +41,7 @@ def run_tflm(tflite: bytes, x: np.ndarray) -> np.ndarray:
     return interp.get_output(0)
 
 
-def run_ours(lib: ctypes.CDLL, params: mn.MeanParams, x: np.ndarray, axes: list[int], in_place: bool = False
+def run_ours(int8_lib: ctypes.CDLL, params: mn.MeanParams, x: np.ndarray, axes: list[int], in_place: bool = False
              ) -> np.ndarray:
     """Our kernel on x, the output flat [outer * inner]."""
     x = np.ascontiguousarray(x, dtype=np.int8)
@@ -57,19 +52,19 @@ def run_ours(lib: ctypes.CDLL, params: mn.MeanParams, x: np.ndarray, axes: list[
         src = dst = buf
     else:
         src, dst = x, np.full(outer * inner, 0x55, np.int8)
-    assert lib.crtforge_int8_mean(ctypes.byref(MeanParamsC(**vars(params))), _ptr(src), outer, reduced, inner,
+    assert int8_lib.crtforge_int8_mean(ctypes.byref(MeanParamsC(**vars(params))), _ptr(src), outer, reduced, inner,
                                   _ptr(dst)) == 0
     return dst[:outer * inner].copy()
 
 
-def check_case(lib, shape, axes, keep_dims, s_in, zp_in, s_out, zp_out, x, in_place=False) -> np.ndarray:
+def check_case(int8_lib, shape, axes, keep_dims, s_in, zp_in, s_out, zp_out, x, in_place=False) -> np.ndarray:
     """Runs both and asserts equality; returns TFLM's output."""
     tfl = mean_model(shape, axes, keep_dims, s_in, zp_in, s_out, zp_out)
     want = run_tflm(tfl, x)
     assert want.shape == reduced_shape(shape, axes, keep_dims)
     _, reduced, _ = mn.reduction_layout(shape, axes)
     params = mn.mean_params(s_in, zp_in, s_out, zp_out, reduced)
-    got = run_ours(lib, params, x, axes, in_place).reshape(want.shape)
+    got = run_ours(int8_lib, params, x, axes, in_place).reshape(want.shape)
     np.testing.assert_array_equal(got, want, err_msg=f"{shape} axes={axes} keep_dims={keep_dims} s_in={s_in} "
                                   f"zp_in={zp_in} s_out={s_out} zp_out={zp_out} {params}")
     return want
@@ -96,7 +91,7 @@ SPATIAL_SHAPES = [(1, 25, 5, 64), (1, 7, 7, 32), (2, 4, 6, 10), (3, 5, 1, 7), (1
 @pytest.mark.parametrize("keep_dims", [True, False], ids=["keep_dims", "no_keep_dims"])
 @pytest.mark.parametrize("quant", ["equal", "different"])
 @pytest.mark.parametrize("shape", SPATIAL_SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_spatial_mean(lib, shape, quant, keep_dims):
+def test_spatial_mean(int8_lib, shape, quant, keep_dims):
     rng = _rng(shape, quant, keep_dims)
     s_in, zp_in = _scale(rng), int(rng.integers(-100, 101)) or 17
     if quant == "equal":
@@ -104,7 +99,7 @@ def test_spatial_mean(lib, shape, quant, keep_dims):
     else:
         s_out, zp_out = _scale(rng) / 4.0, int(rng.integers(-100, 101)) or -23
     for x in (_int8(rng, shape), np.full(shape, 127, np.int8), np.full(shape, -128, np.int8)):
-        check_case(lib, shape, [1, 2], keep_dims, s_in, zp_in, s_out, zp_out, x)
+        check_case(int8_lib, shape, [1, 2], keep_dims, s_in, zp_in, s_out, zp_out, x)
 
 
 # --- other axes ---------------------------------------------------------------------------------------------
@@ -118,11 +113,11 @@ OTHER_AXES = [((2, 3, 5, 4), [1]), ((2, 3, 5, 4), [3]), ((2, 3, 5, 4), [2, 3]), 
 @pytest.mark.parametrize("quant", ["equal", "different"])
 @pytest.mark.parametrize("shape,axes", OTHER_AXES,
                          ids=[f"{'x'.join(map(str, s))}-axes{','.join(map(str, a))}" for s, a in OTHER_AXES])
-def test_other_axes(lib, shape, axes, quant, keep_dims):
+def test_other_axes(int8_lib, shape, axes, quant, keep_dims):
     rng = _rng(shape, axes, quant, keep_dims)
     s_in, zp_in = _scale(rng), int(rng.integers(-128, 128))
     s_out, zp_out = (s_in, zp_in) if quant == "equal" else (_scale(rng), int(rng.integers(-128, 128)))
-    check_case(lib, shape, axes, keep_dims, s_in, zp_in, s_out, zp_out, _int8(rng, shape))
+    check_case(int8_lib, shape, axes, keep_dims, s_in, zp_in, s_out, zp_out, _int8(rng, shape))
 
 
 def random_case(seed: int):
@@ -149,8 +144,8 @@ def random_case(seed: int):
 
 
 @pytest.mark.parametrize("seed", range(60))
-def test_random_models(lib, seed):
-    check_case(lib, *random_case(seed))
+def test_random_models(int8_lib, seed):
+    check_case(int8_lib, *random_case(seed))
 
 
 # --- rounding ties -----------------------------------------------------------------------------------------
@@ -186,63 +181,63 @@ TIE_CASES = {"n2-equal": (2, 0.05, 7, 0.05, 7, True), "n4-equal": (4, 0.05, -3, 
 
 @pytest.mark.parametrize("keep_dims", [True, False], ids=["keep_dims", "no_keep_dims"])
 @pytest.mark.parametrize("count,s_in,zp_in,s_out,zp_out,differs", TIE_CASES.values(), ids=TIE_CASES.keys())
-def test_rounding_ties(lib, count, s_in, zp_in, s_out, zp_out, differs, keep_dims):
+def test_rounding_ties(int8_lib, count, s_in, zp_in, s_out, zp_out, differs, keep_dims):
     """Sums that land exactly on .5 (and .25, .75, .375) of an output step. TFLM's result is its rounding of the
     sum (srdhm ties toward +infinity, then RoundingDivideByPOT ties away from zero), not a rounding of the exact
     mean: where the table says so, a kernel that rounded the true mean half away from zero would fail."""
     steps_per_unit = count * float(np.float32(s_out)) / float(np.float32(s_in))
     x = tie_input(_rng(count, s_in, zp_in), count, 24, zp_in, steps_per_unit)
-    want = check_case(lib, x.shape, [1, 2], keep_dims, s_in, zp_in, s_out, zp_out, x)
+    want = check_case(int8_lib, x.shape, [1, 2], keep_dims, s_in, zp_in, s_out, zp_out, x)
     exact = (x.astype(np.int64) - zp_in).sum(axis=(1, 2)) / steps_per_unit
     assert (exact - np.floor(exact) == 0.5).any()  # the ties are really there
     single = np.clip(round_half_away(exact) + zp_out, -128, 127).reshape(want.shape)
     assert (want != single).any() == differs
 
 
-def test_equal_quantization_rounds_twice(lib):
+def test_equal_quantization_rounds_twice(int8_lib):
     """With equal quantisation and 4 elements the multiplier is 2^30 * 2^-1: srdhm halves the sum with a tie
     toward +infinity, RoundingDivideByPOT halves again with a tie away from zero, so +0.25 gives +1 while -0.25
     gives 0, and -0.5 gives -1. These are TFLM's outputs, pinned here."""
     x = np.zeros((1, 2, 2, 8), np.int8)
     x[0, 0, 0] = [1, 2, 3, -1, -2, -3, 6, -6]  # sums; means 0.25, 0.5, 0.75, -0.25, -0.5, -0.75, 1.5, -1.5
-    want = check_case(lib, x.shape, [1, 2], False, 0.05, 0, 0.05, 0, x)
+    want = check_case(int8_lib, x.shape, [1, 2], False, 0.05, 0, 0.05, 0, x)
     np.testing.assert_array_equal(want.reshape(-1), [1, 1, 1, 0, -1, -1, 2, -2])
 
 
 # --- sizes, saturation, in place ---------------------------------------------------------------------------
 
 
-def test_large_spatial_mean_and_saturation(lib):
+def test_large_spatial_mean_and_saturation(int8_lib):
     rng = np.random.default_rng(11)
     x = _int8(rng, (1, 64, 64, 3))  # 4096 elements per channel
-    check_case(lib, x.shape, [1, 2], True, 0.02, 11, 0.005, -9, x)
+    check_case(int8_lib, x.shape, [1, 2], True, 0.02, 11, 0.005, -9, x)
     # s_in / s_out = 4096: a left shift after the fold; the outputs saturate at both ends.
     x = np.concatenate([np.full((1, 3, 3, 4), 120, np.int8), np.full((1, 3, 3, 4), -120, np.int8)], axis=3)
-    want = check_case(lib, x.shape, [1, 2], True, 4.0, 0, 4.0 / 4096, 0, x)
+    want = check_case(int8_lib, x.shape, [1, 2], True, 4.0, 0, 4.0 / 4096, 0, x)
     assert (want == 127).any() and (want == -128).any()
     # a tiny ratio: the fold is capped at 31 + shift; every output is the zero point
     x = _int8(rng, (1, 32, 32, 2))
-    np.testing.assert_array_equal(check_case(lib, x.shape, [1, 2], False, 1e-8, 11, 0.5, -9, x), -9)
+    np.testing.assert_array_equal(check_case(int8_lib, x.shape, [1, 2], False, 1e-8, 11, 0.5, -9, x), -9)
 
 
-def test_in_place(lib):
+def test_in_place(int8_lib):
     rng = np.random.default_rng(12)
     for shape, axes in (((2, 5, 5, 8), [1, 2]), ((3, 4, 1, 6), [1, 2]), ((4, 3, 2), [2]), ((3, 1, 5), [1])):
         x = _int8(rng, shape)
-        check_case(lib, shape, axes, True, 0.03, -7, 0.02, 5, x, in_place=True)
+        check_case(int8_lib, shape, axes, True, 0.03, -7, 0.02, 5, x, in_place=True)
 
 
 # --- bad arguments, constants, layout ----------------------------------------------------------------------
 
 
-def test_bad_arguments_return_minus_one_and_write_nothing(lib):
+def test_bad_arguments_return_minus_one_and_write_nothing(int8_lib):
     good = mn.mean_params(0.1, 3, 0.1, 3, 4)
     x = np.full(8, 9, np.int8)
     out = np.full(8, 0x55, np.int8)
 
     def call(params, inp, outer, reduced, inner, dst):
         p = ctypes.byref(MeanParamsC(**vars(params))) if params is not None else None
-        return lib.crtforge_int8_mean(p, _ptr(inp) if inp is not None else None, outer, reduced, inner,
+        return int8_lib.crtforge_int8_mean(p, _ptr(inp) if inp is not None else None, outer, reduced, inner,
                                       _ptr(dst) if dst is not None else None)
 
     bad = [(None, x, 1, 4, 2, out), (good, None, 1, 4, 2, out), (good, x, 1, 4, 2, None),

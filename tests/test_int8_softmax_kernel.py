@@ -25,11 +25,6 @@ class SoftmaxParamsC(ctypes.Structure):
     _fields_ = [(f, ctypes.c_int32) for f in sm.SoftmaxParams.__dataclass_fields__]
 
 
-@pytest.fixture(scope="module")
-def lib(int8_lib) -> ctypes.CDLL:
-    return int8_lib
-
-
 def _ptr(a: np.ndarray):
     return a.ctypes.data_as(ctypes.POINTER(ctypes.c_int8))
 
@@ -56,12 +51,12 @@ def run_tflm_big(tflite: bytes, x: np.ndarray) -> np.ndarray:
     return interp.get_output(0)
 
 
-def run_ours(lib: ctypes.CDLL, params: sm.SoftmaxParams, x: np.ndarray, in_place: bool = False) -> np.ndarray:
+def run_ours(int8_lib: ctypes.CDLL, params: sm.SoftmaxParams, x: np.ndarray, in_place: bool = False) -> np.ndarray:
     x = np.ascontiguousarray(x, dtype=np.int8)
     rows, depth = int(np.prod(x.shape[:-1])), x.shape[-1]
     out = x.copy() if in_place else np.full(x.shape, 0x55, np.int8)
     src = out if in_place else x
-    assert lib.crtforge_int8_softmax(ctypes.byref(SoftmaxParamsC(**vars(params))), _ptr(src), rows, depth,
+    assert int8_lib.crtforge_int8_softmax(ctypes.byref(SoftmaxParamsC(**vars(params))), _ptr(src), rows, depth,
                                      _ptr(out)) == 0
     return out
 
@@ -86,17 +81,17 @@ def random_case(seed: int) -> tuple[tuple[int, int], float, int, float]:
 
 
 @pytest.mark.parametrize("seed", range(40))
-def test_softmax_random_models(lib, seed):
+def test_softmax_random_models(int8_lib, seed):
     shape, scale, zp, beta = random_case(seed)
     tfl, params = softmax_model(shape, scale, zp, beta), sm.softmax_params(scale, beta)
     for name, x in edge_inputs(np.random.default_rng(seed), shape).items():
         want = m.run_tflm(tfl, [x])
-        np.testing.assert_array_equal(run_ours(lib, params, x), want, err_msg=f"{name}: {shape} s={scale} "
+        np.testing.assert_array_equal(run_ours(int8_lib, params, x), want, err_msg=f"{name}: {shape} s={scale} "
                                       f"zp={zp} beta={beta} {params}")
 
 
 @pytest.mark.parametrize("seed", range(12))
-def test_softmax_many_rows(lib, seed):
+def test_softmax_many_rows(int8_lib, seed):
     """256 random rows per model: an error in the last bits of the reciprocal (say, one Newton-Raphson step too
     few) moves only an output here and there, where p * 256 lies near a rounding tie."""
     rng = np.random.default_rng(2000 + seed)
@@ -104,7 +99,7 @@ def test_softmax_many_rows(lib, seed):
     scale, zp = float(np.float32(10.0 ** rng.uniform(-3, 0))), int(rng.integers(-100, 101))
     x = rng.integers(-128, 128, size=(256, depth)).astype(np.int8)
     want = run_tflm_big(softmax_model(x.shape, scale, zp, beta), x)
-    np.testing.assert_array_equal(run_ours(lib, sm.softmax_params(scale, beta), x), want)
+    np.testing.assert_array_equal(run_ours(int8_lib, sm.softmax_params(scale, beta), x), want)
 
 
 # (scale, beta) where beta * s_in >= 1/16, so diff_min is above -255 and int8 differences can pass it; the last
@@ -114,7 +109,7 @@ CUTOFF_CASES = {"diff_min-248": (0.1, 1.0), "diff_min-62": (0.3, 1.0), "diff_min
 
 
 @pytest.mark.parametrize("scale,beta", CUTOFF_CASES.values(), ids=CUTOFF_CASES.keys())
-def test_differences_beyond_diff_min(lib, scale, beta):
+def test_differences_beyond_diff_min(int8_lib, scale, beta):
     params = sm.softmax_params(scale, beta)
     dm = params.diff_min
     assert -255 < dm <= 0
@@ -124,7 +119,7 @@ def test_differences_beyond_diff_min(lib, scale, beta):
     diffs = x.astype(np.int32) - x.max(axis=1, keepdims=True)
     assert (diffs < dm).any() and (diffs == dm).any()  # the cut-off really is exercised, on both sides
     want = m.run_tflm(softmax_model(x.shape, scale, 7, beta), [x])
-    np.testing.assert_array_equal(run_ours(lib, params, x), want)
+    np.testing.assert_array_equal(run_ours(int8_lib, params, x), want)
     assert (want[diffs < dm] == -128).all()
 
 
@@ -134,7 +129,7 @@ def test_capped_multiplier_constants():
     assert p == sm.SoftmaxParams(1 << 30, 26, -31)
 
 
-def test_deep_rows_and_in_place(lib):
+def test_deep_rows_and_in_place(int8_lib):
     """depth 511 all equal is the deepest uniform row TFLM accepts (its final shift is then exactly 31); depth
     1000 with one dominant value keeps TFLM's sum small. In place: output buffer == input buffer."""
     rng = np.random.default_rng(5)
@@ -144,25 +139,25 @@ def test_deep_rows_and_in_place(lib):
                      ((2, 1000), np.where(np.arange(1000) == 17, 127, rng.integers(-128, 0, size=(2, 1000))))):
         x = x.astype(np.int8)
         want = run_tflm_big(softmax_model(shape, scale, -3, beta), x)
-        np.testing.assert_array_equal(run_ours(lib, params, x), want)
-        np.testing.assert_array_equal(run_ours(lib, params, x, in_place=True), want)
+        np.testing.assert_array_equal(run_ours(int8_lib, params, x), want)
+        np.testing.assert_array_equal(run_ours(int8_lib, params, x, in_place=True), want)
 
 
-def test_sum_of_512_or_more_rounds_every_output_to_minus_128(lib):
+def test_sum_of_512_or_more_rounds_every_output_to_minus_128(int8_lib):
     """Where TFLM stops on its TFLITE_CHECK (a sum of exps >= 512), every p <= 1/512 rounds to output -128."""
     params = sm.softmax_params(0.05, 1.0)
-    np.testing.assert_array_equal(run_ours(lib, params, np.zeros((1, 600), np.int8)), -128)
-    np.testing.assert_array_equal(run_ours(lib, params, np.full((1, MAX_DEPTH), 5, np.int8)), -128)
+    np.testing.assert_array_equal(run_ours(int8_lib, params, np.zeros((1, 600), np.int8)), -128)
+    np.testing.assert_array_equal(run_ours(int8_lib, params, np.full((1, MAX_DEPTH), 5, np.int8)), -128)
 
 
-def test_bad_arguments_return_minus_one_and_write_nothing(lib):
+def test_bad_arguments_return_minus_one_and_write_nothing(int8_lib):
     good = sm.softmax_params(0.1, 1.0)
     x = np.zeros(8, np.int8)
     out = np.full(8, 0x55, np.int8)
 
     def call(params, inp, rows, depth, dst):
         p = ctypes.byref(SoftmaxParamsC(**vars(params))) if params is not None else None
-        return lib.crtforge_int8_softmax(p, _ptr(inp) if inp is not None else None, rows, depth,
+        return int8_lib.crtforge_int8_softmax(p, _ptr(inp) if inp is not None else None, rows, depth,
                                          _ptr(dst) if dst is not None else None)
 
     bad = [(None, x, 1, 8, out), (good, None, 1, 8, out), (good, x, 1, 8, None), (good, x, 0, 8, out),

@@ -22,6 +22,15 @@ GEN = GeneratedFrom(model="sine", target="t", source="sine_float.tflite", sha256
 
 
 @pytest.fixture(scope="module")
+def dense_lib(tmp_path_factory):
+    """crt/src/dense.c built once for the host as a shared library (warning-free), for ctypes."""
+    so = tmp_path_factory.mktemp("dense") / "libdense.so"
+    subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-Wall", "-Wextra", "-Werror", "-I", str(CRT / "include"),
+                    "-o", str(so), str(CRT / "src" / "dense.c")], check=True, capture_output=True, text=True)
+    return ctypes.CDLL(str(so))
+
+
+@pytest.fixture(scope="module")
 def offloaded():
     return relax_build.build(SINE, "sine", {"kind": "c"}, offload=("crtforge_dense",))
 
@@ -51,18 +60,14 @@ def test_pack_dense_blocks_output_columns():
 
 
 @pytest.mark.parametrize("m,k,n", [(1, 1, 1), (1, 16, 8), (2, 37, 19), (3, 256, 10), (2, 33, 40), (1, 64, 77)])
-def test_dense_kernel_equals_numpy(tmp_path, m, k, n):
-    so = tmp_path / "libdense.so"
-    subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-Wall", "-Wextra", "-Werror", "-I", str(CRT / "include"),
-                    "-o", str(so), str(CRT / "src" / "dense.c")], check=True, capture_output=True, text=True)
-    lib = ctypes.CDLL(str(so))
+def test_dense_kernel_equals_numpy(dense_lib, m, k, n):
     rng = np.random.default_rng(k * n)
     x = rng.standard_normal((m, k)).astype(np.float32)
     w = rng.standard_normal((k, n)).astype(np.float32)
     b = rng.standard_normal(n).astype(np.float32)
     y = np.zeros((m, n), np.float32)
     ptr = lambda a: a.ctypes.data_as(ctypes.POINTER(ctypes.c_float))  # noqa: E731
-    lib.crtforge_dense_f32(ptr(x), ptr(pack_dense(w)), ptr(b), ptr(y), m, k, n)
+    dense_lib.crtforge_dense_f32(ptr(x), ptr(pack_dense(w)), ptr(b), ptr(y), m, k, n)
     np.testing.assert_allclose(y, x.astype(np.float64) @ w + b, rtol=1e-5, atol=1e-5)
 
 
@@ -75,11 +80,7 @@ class ConvShape(ctypes.Structure):
 @pytest.mark.parametrize("h,w,c,k,stride,dilation,pads,relu", [
     (5, 6, 4, 3, 1, 1, (1, 1, 1, 1), 0), (7, 9, 14, 3, 2, 1, (1, 0, 1, 1), 1), (6, 6, 3, 5, 1, 2, (4, 4, 4, 4), 0),
     (4, 4, 9, 1, 1, 1, (0, 0, 0, 0), 1)])
-def test_depthwise_kernel_equals_numpy(tmp_path, h, w, c, k, stride, dilation, pads, relu):
-    so = tmp_path / "libdense.so"
-    subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-Wall", "-Wextra", "-Werror", "-I", str(CRT / "include"),
-                    "-o", str(so), str(CRT / "src" / "dense.c")], check=True, capture_output=True, text=True)
-    lib = ctypes.CDLL(str(so))
+def test_depthwise_kernel_equals_numpy(dense_lib, h, w, c, k, stride, dilation, pads, relu):
     rng = np.random.default_rng(h * c + k)
     x = rng.standard_normal((2, h, w, c)).astype(np.float32)
     f = rng.standard_normal((k, k, c)).astype(np.float32)
@@ -98,10 +99,10 @@ def test_depthwise_kernel_equals_numpy(tmp_path, h, w, c, k, stride, dilation, p
     y = np.full((2, oh, ow, c), np.nan, np.float32)
     shape = ConvShape(2, h, w, c, oh, ow, c, k, k, stride, stride, dilation, dilation, top, left, 0, relu)
     ptr = lambda a: a.ctypes.data_as(ctypes.POINTER(ctypes.c_float))  # noqa: E731
-    assert lib.crtforge_depthwise_f32(ctypes.byref(shape), ptr(x), ptr(f), ptr(b), ptr(y)) == 0
+    assert dense_lib.crtforge_depthwise_f32(ctypes.byref(shape), ptr(x), ptr(f), ptr(b), ptr(y)) == 0
     np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5)
     shape.nchw = 1
-    assert lib.crtforge_depthwise_f32(ctypes.byref(shape), ptr(x), ptr(f), ptr(b), ptr(y)) == -1
+    assert dense_lib.crtforge_depthwise_f32(ctypes.byref(shape), ptr(x), ptr(f), ptr(b), ptr(y)) == -1
 
 
 def test_a_convolution_with_bias_is_offloaded_with_packed_weights():
