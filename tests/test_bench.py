@@ -87,18 +87,23 @@ def test_peers_are_compared_with_the_fastest_native_release_build():
     assert fastest_host(results, "absent", "wall_ns") == (None, {})
 
 
-def test_a_tuned_pair_is_compared_with_the_same_board_and_toolchain_untuned():
+def test_a_tuned_pair_is_compared_with_the_same_build_untuned():
     from tasks.bench.measure import _tuning_lines, tuning_comparisons
 
-    def row(target, instructions, board="mps2-an386", toolchain="arm-none-eabi-gcc", offload=(), tuning=None):
+    m4 = {"kind": "llvm", "mtriple": "thumbv7em-unknown-none-eabihf", "mcpu": "cortex-m4"}
+
+    def row(target, instructions, board="mps2-an386", toolchain="arm-none-eabi-gcc", offload=(), tuning=None,
+            backend="llvm", tvm_target=m4):
         return {"target": target, "model": "m", "macs": 1000, "instructions": instructions, "board": board,
                 "toolchain": toolchain, "offload": list(offload), "tuning": tuning, "profile": "release",
-                "wall_ns": None}
+                "wall_ns": None, "backend": backend, "tvm_target": tvm_target}
 
     tuning = {"cost": "instructions", "source": "committed", "trials": 96, "seconds": 120.5, "records_bytes": 5000,
               "kernels": [{"name": "fused_matmul", "untuned": 900.0, "best": 300.0, "trials": 96}]}
     results = [row("m4", 3000), row("m4-clang", 2000, toolchain="clang-cortex-m4"),
                row("m4-offload", 1000, offload=["crtforge_dense"]), row("m3", 9000, board="mps2-an385"),
+               row("m4-c", 2500, backend="c", tvm_target={"kind": "c"}),
+               row("m4-fast", 2600, tvm_target={**m4, "mattr": ["-slowfpvfmx"]}),
                row("m4-tuned", 1500, tuning=tuning)]
     [c] = tuning_comparisons(results)
     assert (c["target"], c["untuned_target"], c["untuned_instructions"], c["instructions"]) == ("m4-tuned", "m4",
