@@ -236,6 +236,17 @@ TUNE_KEYS = {"trials": int, "seed": int, "batch": int}
 
 
 @dataclass(frozen=True)
+class Budget:
+    """A target's `budget` table: the most flash and RAM (data + bss) its linked program may take, in bytes."""
+    flash: int | None = None
+    ram: int | None = None
+
+
+BUDGET_KEYS = {"flash": (int, str), "ram": (int, str)}
+_SIZE = re.compile(r"^\s*(\d+)\s*([KM]i?B?|B)?\s*$", re.I)
+
+
+@dataclass(frozen=True)
 class TargetConfig:
     name: str
     backend: str
@@ -251,6 +262,7 @@ class TargetConfig:
     placement: tuple[tuple[str, str], ...] = read_by("link", default=tuple(DEFAULT_PLACEMENT.items()))
     # MetaSchedule tuning of the TVM kernels; the build applies the records, so it reruns when this changes
     tune: Tune | None = read_by("tune", "build", default=None)
+    budget: Budget = read_by("link", default=Budget())  # checked when the program is linked
 
     @property
     def runner(self) -> str:
@@ -573,7 +585,7 @@ def _load_target(file: Path, name: str, table: Any, models: dict[str, ModelConfi
         raise ConfigError(file, key, "expected a table.", f"write it as [{key}]")
     _check_keys(file, key, table, {"backend": str, "toolchain": str, "board": str, "runner": str, "tvm": dict,
                                    "models": list, "timeout": (int, float), "offload": list, "profile": str,
-                                   "placement": dict, "tune": dict},
+                                   "placement": dict, "tune": dict, "budget": dict},
                 required=("backend", "toolchain"))
     if table["backend"] not in BACKENDS:
         raise ConfigError(file, f"{key}.backend", f"unknown backend '{table['backend']}'.",
@@ -613,7 +625,8 @@ def _load_target(file: Path, name: str, table: Any, models: dict[str, ModelConfi
     tune = _load_tune(file, f"{key}.tune", table["tune"], table["backend"]) if "tune" in table else None
     target = TargetConfig(name=name, backend=table["backend"], toolchain=toolchain, board=board, tvm=dict(tvm_opts),
                           models=tuple(target_models), timeout=timeout, offload=tuple(offload), profile=profile,
-                          placement=placement, tune=tune)
+                          placement=placement, tune=tune,
+                          budget=_load_budget(file, f"{key}.budget", table.get("budget", {})))
     _check_abi(file, key, target)
     return target
 
@@ -630,6 +643,21 @@ def _load_tune(file: Path, key: str, table: dict[str, Any], backend: str) -> Tun
     if batch < 1:
         raise ConfigError(file, f"{key}.batch", f"must be at least 1 (got {batch}).")
     return Tune(trials=trials, seed=table.get("seed", 0), per_batch=batch)
+
+
+def _load_budget(file: Path, key: str, table: dict[str, Any]) -> Budget:
+    """targets.NAME.budget: {flash = "512K", ram = 131072}; K and M are KiB and MiB."""
+    _check_keys(file, key, table, BUDGET_KEYS)
+    limits = {}
+    for k, v in table.items():
+        m = _SIZE.match(v) if isinstance(v, str) else None
+        if isinstance(v, str) and m is None:
+            raise ConfigError(file, f"{key}.{k}", f"{v!r} is not a size.", 'write bytes, or KiB/MiB as "512K", "2M"')
+        n = int(m.group(1)) * {"k": 1024, "m": 1024 * 1024}.get((m.group(2) or "b")[0].lower(), 1) if m else v
+        if n <= 0:
+            raise ConfigError(file, f"{key}.{k}", f"must be a positive size (got {v!r}).")
+        limits[k] = n
+    return Budget(**limits)
 
 
 def load_pipeline(path: Path | str, toolchain_dir: Path = TOOLCHAIN_DIR, board_dir: Path = BOARD_DIR) -> Pipeline:

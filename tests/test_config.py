@@ -304,3 +304,24 @@ def test_settings_reach_only_the_stages_that_read_them(write_pipeline):
     assert settings(target, "link")["toolchain"]["cflags"] == list(target.toolchain.cflags)
     assert "run" in settings(target, "run")["board"] and "run" not in settings(target, "build")["board"]
     assert settings(target, "build")["backend"] == "c" and settings(model, "import")["source"] == str(SINE)
+
+
+def test_a_budget_takes_bytes_kib_and_mib(write_pipeline):
+    text = f'[models.m]\nsource = "{SINE}"\n' + host_target("t", 'budget = {flash = "512K", ram = 4096}') \
+        + host_target("u", 'budget = {flash = "2MiB"}') + host_target("v")
+    targets = load_pipeline(write_pipeline(text)).targets
+    assert (targets["t"].budget.flash, targets["t"].budget.ram) == (524288, 4096)
+    assert (targets["u"].budget.flash, targets["u"].budget.ram) == (2097152, None)
+    assert (targets["v"].budget.flash, targets["v"].budget.ram) == (None, None)
+
+
+@pytest.mark.parametrize("table,key,problem", [
+    ('{flash = "lots"}', "targets.t.budget.flash", "'lots' is not a size"),
+    ("{ram = 0}", "targets.t.budget.ram", "must be a positive size"),
+    ("{ram = true}", "targets.t.budget.ram", "got a boolean"),
+    ('{rom = "1M"}', "targets.t.budget.rom", "did you mean 'ram'"),
+])
+def test_bad_budgets_name_the_key(write_pipeline, table, key, problem):
+    with pytest.raises(ConfigError) as info:
+        load_pipeline(write_pipeline(f'[models.m]\nsource = "{SINE}"\n' + host_target("t", f"budget = {table}")))
+    assert key in str(info.value) and problem in str(info.value)

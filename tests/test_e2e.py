@@ -24,7 +24,8 @@ def pipeline_text(conv_dir, llvm_extra: str = "") -> str:
     return (f'[models.sine]\nsource = "{SINE}"\n'
             f'[models.conv2d]\nsource = "{conv_dir}/model.onnx"\nexpected = "{conv_dir}/test_data_set_0"\n'
             f'[models.convtranspose2d]\nsource = "{CONVT}/model.onnx"\nexpected = "{CONVT}/test_data_set_0"\n'
-            + host_target("host") + host_target("host-llvm", llvm_extra).replace('"c"', '"llvm"'))
+            + host_target("host", 'budget = {flash = "1M", ram = 65536}')
+            + host_target("host-llvm", llvm_extra).replace('"c"', '"llvm"'))
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +47,15 @@ def test_every_pair_passes_and_the_table_says_so(project):
     rows = [line for line in test.stdout.splitlines() if line.startswith("| host")]
     assert len(rows) == 6 and all("| yes " in r for r in rows)
     assert (root / "out" / "results.md").read_text().count("| yes ") == 6
+
+
+def test_a_budget_is_checked_at_link_and_its_headroom_recorded(project):
+    for model in ("sine", "conv2d", "convtranspose2d"):
+        sizes = fsutil.read_json(project[0] / "out" / "host" / model / "sizes.json")
+        flash, ram = sizes["program"]["flash"], sizes["program"]["ram"]
+        assert sizes["budget"] == {"flash": {"limit": 1048576, "used": flash, "headroom": 1048576 - flash},
+                                   "ram": {"limit": 65536, "used": ram, "headroom": 65536 - ram}}
+    assert fsutil.read_json(project[0] / "out" / "host-llvm" / "sine" / "sizes.json")["budget"] == {}
 
 
 MODELS = ["sine", "conv2d", "convtranspose2d"]

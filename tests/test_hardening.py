@@ -90,6 +90,9 @@ def setup_case(case: str, tmp: Path) -> tuple[str, str]:
                                                        '"-M", "mps2-an385", "-cpu", "cortex-m3"'})
         return (boards + SINE_MODEL + target(backend="llvm", toolchain="arm-none-eabi-gcc", board="wrong-cpu"),
                 "program.elf crashed on board 'wrong-cpu' (runner 'qemu-system'): crtforge-fault hard fault")
+    if case == "over its budget":
+        return (SINE_MODEL + target(extra='budget = {flash = "4K"}'),
+                "model m on target t is over its flash budget: ")
     if case == "output mismatch":
         np.savez(tmp / "wrong.npz", **{"0": np.array([[42.0]], np.float32)})
         np.savez(tmp / "in.npz", **{"0": np.array([[1.0]], np.float32)})
@@ -102,7 +105,7 @@ def setup_case(case: str, tmp: Path) -> tuple[str, str]:
 FAULTS = ["toml syntax error", "misspelt key", "wrong type", "model file missing", "not a model", "truncated model",
           "op TVM cannot import", "unknown toolchain", "unknown board", "toolchain not installed",
           "float-ABI mismatch", "model too big for the board", "emulator hang", "emulated hard fault",
-          "output mismatch"]
+          "output mismatch", "over its budget"]
 
 
 @pytest.mark.parametrize("case", FAULTS)

@@ -257,6 +257,26 @@ def check_fits(model: str, board: Board, sizes: dict[str, int], arena_bytes: int
                            f"{kib(sizes['rodata'])} KiB). HINT: use a board with more flash, or a smaller model")
 
 
+def check_budget(model: str, target: TargetConfig, sizes: dict[str, int], arena_bytes: int) -> dict[str, Any]:
+    """Refuse a program over the target's `budget`, naming the part that is over and by how much; else each limit
+    with its use and headroom (for sizes.json)."""
+    parts = {"flash": f"code {sizes['text']:,} B, read-only data and weights {sizes['rodata']:,} B, "
+                      f"initial data {sizes['data']:,} B",
+             "ram": f"arena {arena_bytes:,} B, other data and bss {sizes['ram'] - arena_bytes:,} B"}
+    report = {}
+    for what in ("flash", "ram"):
+        limit = getattr(target.budget, what)
+        if limit is None:
+            continue
+        used = sizes[what]
+        if used > limit:
+            raise CompileError(f"model {model} on target {target.name} is over its {what} budget: {used:,} B, the "
+                               f"budget (targets.{target.name}.budget.{what}) is {limit:,} B, over by {used - limit:,} B "
+                               f"({parts[what]}). HINT: raise the budget, or make the model smaller")
+        report[what] = {"limit": limit, "used": used, "headroom": limit - used}
+    return report
+
+
 # --- objects and symbols -------------------------------------------------------------------------------------
 
 def defined_symbols(obj: Path) -> set[str]:
@@ -349,11 +369,17 @@ def link_pair(p: Pair) -> LinkOutputs:
         fsutil.write_text(script, linker_script(target.board, placement=target.placement))
     link_program(target, harness_objects, f.library, f.program, script)
 
+    program_sizes = section_sizes(f.program, target.board.memory)
+    try:
+        budget = check_budget(p.model.name, target, program_sizes, arena_bytes)
+    except CompileError:
+        f.program.unlink()
+        raise
     stack = target.board.memory.stack_size if target.board.memory else None
     memories = memory_usage(f.program, target.board.memory, target.placement) if target.board.memory else {}
-    fsutil.write_json(f.sizes_json, {"program": section_sizes(f.program, target.board.memory),
+    fsutil.write_json(f.sizes_json, {"program": program_sizes,
                                      "library": library_sizes(library_objects), "memories": memories,
-                                     "arena_bytes": arena_bytes, "stack_bytes": stack})
+                                     "arena_bytes": arena_bytes, "stack_bytes": stack, "budget": budget})
     return LinkOutputs(library=f.library, program=f.program)
 
 
