@@ -298,20 +298,27 @@ def _ms_classes():
 
     @derived_object
     class Progress(PyMeasureCallback):
-        """One line per batch: trials done of the total, and each kernel's best cost against its untuned one."""
+        """One line per batch: trials done of the total, and each kernel's best cost against its untuned one.
+        It keeps the best candidate of each kernel (its trace) for write_best: asking MetaSchedule's database for
+        its top record afterwards once came back without the best measured one, in a loaded test run."""
 
         def __init__(self, pair: str, total: int, untuned: dict[str, float], unit: str, started: float, out):
             super().__init__()
             self.pair, self.total, self.untuned, self.unit, self.out = pair, total, untuned, unit, out
             self.done, self.best, self.trials, self.started = 0, {}, {}, started
+            self.found: dict[str, Found] = {}
 
         def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
             name = task_scheduler.tasks_[task_id].ctx.task_name
             self.done += len(runner_results)
             self.trials[name] = self.trials.get(name, 0) + len(runner_results)
-            costs = [float(r.run_secs[0]) * 1e9 for r in runner_results if r.error_msg is None and r.run_secs]
-            if costs:
-                self.best[name] = min(self.best.get(name, float("inf")), *costs)
+            for candidate, r in zip(measure_candidates, runner_results):
+                if r.error_msg is None and r.run_secs:
+                    cost = float(r.run_secs[0]) * 1e9
+                    if cost < self.best.get(name, float("inf")):
+                        self.best[name] = cost
+                        self.found[name] = Found(cost, candidate.sch.trace, list(r.run_secs),
+                                                 list(candidate.args_info))
             failed = sum(1 for r in runner_results if r.error_msg is not None)
             bests = ", ".join(f"{k} {v:,.0f} (untuned {self.untuned[k]:,.0f})" for k, v in sorted(self.best.items()))
             print(f"tune {self.pair}: {self.done}/{self.total} trials, {time.monotonic() - self.started:.0f} s"
@@ -361,7 +368,7 @@ def search(p: Pair, settings: Tune, out_dir: Path, progress=sys.stderr) -> TuneR
     logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
     _, tasks = tuning_tasks(p)
     if not tasks:  # every op is int8 or offloaded: an empty database, so the build's inputs exist all the same
-        write_best(ms.database.MemoryDatabase(), [], {}, {}, out_dir)
+        write_best({}, [], {}, {}, out_dir)
         return TuneResult(cost=cost_of(p.target), source="tuned", kernels=[], trials=0,
                           seconds=time.monotonic() - started, records_bytes=TuneFiles(out_dir).nbytes)
     target = tuning_target(p.target)
@@ -383,18 +390,27 @@ def search(p: Pair, settings: Tune, out_dir: Path, progress=sys.stderr) -> TuneR
             contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
                 tasks, str(work / "ms"), space=search_space(p.target), strategy=search_strategy(settings),
                 num_threads=jobs, seed=settings.seed)
-        database = ms.tune.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(work / "ms"),
+        ms.tune.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(work / "ms"),
                                       max_trials_global=settings.trials,
                                       num_trials_per_iter=min(settings.per_batch, settings.trials),
                                       builder=builder, runner=runner, database=ms.database.MemoryDatabase(),
                                       cost_model="xgb", measure_callbacks=callbacks)
-        kernels = write_best(database, tasks, untuned, callbacks[-1].trials, out_dir)
+        kernels = write_best(callbacks[-1].found, tasks, untuned, callbacks[-1].trials, out_dir)
     files = TuneFiles(out_dir)
     return TuneResult(cost=cost_of(p.target), source="tuned", kernels=kernels, trials=settings.trials,
                       seconds=time.monotonic() - started, records_bytes=files.nbytes)
 
 
-def write_best(database, tasks: list[Any], untuned: dict[str, float], trials: dict[str, int],
+@dataclass
+class Found:
+    """The best candidate measured for one kernel: its cost (instructions or ns) and what a record needs."""
+    cost: float
+    trace: Any
+    run_secs: list[Any]
+    args_info: list[Any]
+
+
+def write_best(found: dict[str, Found], tasks: list[Any], untuned: dict[str, float], trials: dict[str, int],
                out_dir: Path) -> list[KernelResult]:
     """A database holding only the best record of each kernel, in task order: small enough to commit, and the
     same records always give the same files. Every kernel gets its workload, so the build can tell a kernel
@@ -407,14 +423,13 @@ def write_best(database, tasks: list[Any], untuned: dict[str, float], trials: di
         results = []
         for task in tasks:
             mod, name = task.dispatched[0], task.task_name
-            top = database.get_top_k(database.commit_workload(mod), 1) if database.has_workload(mod) else []
             workload = best_db.commit_workload(mod)
             best = untuned[name]
-            if top and _seconds(top[0]) * 1e9 < best:
-                r = top[0]
-                best = _seconds(r) * 1e9
-                best_db.commit_tuning_record(ms.database.TuningRecord(r.trace, workload, r.run_secs, r.target,
-                                                                      r.args_info))
+            if name in found and found[name].cost < best:
+                f = found[name]
+                best = f.cost
+                best_db.commit_tuning_record(ms.database.TuningRecord(f.trace, workload, f.run_secs, task.target,
+                                                                      f.args_info))
             results.append(KernelResult(name, untuned[name], best, trials.get(name, 0)))
         del best_db
         files = TuneFiles(tmp)
@@ -425,10 +440,6 @@ def write_best(database, tasks: list[Any], untuned: dict[str, float], trials: di
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return results
-
-
-def _seconds(record) -> float:
-    return float(np.mean([float(s) for s in record.run_secs]))
 
 
 def _new_dir(beside: Path) -> Path:
