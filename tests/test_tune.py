@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from conftest import CONV2D, SINE, run_doit, target
+from conftest import CONV2D, ROOT, SINE, run_doit, target
 from tasks import fsutil
 from tasks.compile import relax_build
 from tasks.config import ConfigError, load_pipeline
@@ -56,26 +56,35 @@ def test_search_reports_progress_and_writes_the_best_record_of_each_kernel(tuned
         assert plan["missing"] == []
         assert fsutil.read_json(files.test_json)["passed"] is True
     m4 = fsutil.read_json(TuneFiles(d / "searched" / "m4").summary_json)
-    # Instruction counts are exact: the 16x16 layer's untuned schedule costs the same on every run.
+    # Instruction counts are exact: the 16x16 layer's untuned schedule costs the same on every run. (What four
+    # trials find is not: the search measured 711, 734, 760 or nothing better in runs on a loaded machine.)
     assert {k["name"]: k["untuned"] for k in m4["kernels"]}["fused_matmul1_add_relu"] == 780
-    assert m4["kernels"][1]["best"] < 780  # four seeded trials find a better schedule for it
+    best = {k["name"]: k["best"] for k in m4["kernels"]}
+    assert f"fused_matmul1_add_relu {best['fused_matmul1_add_relu']:,.0f} (untuned 780)" in test.stderr
+
+
+# Records of a search that found a better schedule for the sine model's 16x16 layer on Cortex-M4 (711 instructions
+# against 780), kept so that applying records can be checked without depending on what a search finds.
+KNOWN_RECORDS = ROOT / "tests" / "data" / "tuning-m4-sine"
 
 
 def test_builds_from_the_same_records_are_byte_identical(tuned, tmp_path):
     d, pipeline, out, _, kernels, _ = tuned
     p = load_pipeline(pipeline)
-    records = d / "searched" / "m4"
     t = p.targets["m4"]
     objects = []
-    for i in range(2):
+    for i, records in enumerate((d / "searched" / "m4", KNOWN_RECORDS, KNOWN_RECORDS)):
         result = relax_build.build(SINE, "sine", t.tvm_target(), records=records)
+        assert result.plan.tuning.missing == []
         path = tmp_path / f"k{i}.o"
         relax_build.write_kernels(result, path, "sine", SINE, "m4")
         objects.append(path.read_bytes())
-    assert objects[0] == objects[1] == kernels["m4"]  # and equal to what the pipeline's build wrote
+    assert result.plan.tuning.tuned == ["fused_matmul1_add_relu"]
+    assert objects[0] == kernels["m4"]  # the searched records give what the pipeline's build wrote
+    assert objects[1] == objects[2]
     untuned = relax_build.build(SINE, "sine", t.tvm_target())
     relax_build.write_kernels(untuned, tmp_path / "untuned.o", "sine", SINE, "m4")
-    assert (tmp_path / "untuned.o").read_bytes() != objects[0]
+    assert (tmp_path / "untuned.o").read_bytes() != objects[1]
 
 
 def test_retune_commits_records_that_a_fresh_build_uses_without_searching(tuned):
