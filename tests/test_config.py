@@ -316,12 +316,18 @@ def test_a_budget_takes_bytes_kib_and_mib(write_pipeline):
 
 
 @pytest.mark.parametrize("table,key,problem", [
-    ('{flash = "lots"}', "targets.t.budget.flash", "'lots' is not a size"),
-    ("{ram = 0}", "targets.t.budget.ram", "must be a positive size"),
-    ("{ram = true}", "targets.t.budget.ram", "got a boolean"),
-    ('{rom = "1M"}', "targets.t.budget.rom", "did you mean 'ram'"),
+    ('budget = {flash = "lots"}', "targets.t.budget.flash", "'lots' is not a size"),
+    ("budget = {ram = 0}", "targets.t.budget.ram", "must be a positive size"),
+    ("budget = {ram = true}", "targets.t.budget.ram", "got a boolean"),
+    ('budget = {rom = "1M"}', "targets.t.budget.rom", "did you mean 'ram'"),
+    ("tune = {}", "targets.t.tune.trials", "missing required key"),
+    ("tune = {trials = 0}", "targets.t.tune.trials", "must be at least 1"),
+    ("tune = {trials = true}", "targets.t.tune.trials", "got a boolean"),
+    ("tune = {trials = 8, batch = 0}", "targets.t.tune.batch", "must be at least 1"),
+    ("tune = {trails = 8}", "targets.t.tune.trails", "did you mean 'trials'"),
 ])
-def test_bad_budgets_name_the_key(write_pipeline, table, key, problem):
+def test_bad_budget_and_tune_tables_name_the_key(write_pipeline, table, key, problem):
     with pytest.raises(ConfigError) as info:
-        load_pipeline(write_pipeline(f'[models.m]\nsource = "{SINE}"\n' + host_target("t", f"budget = {table}")))
+        load_pipeline(write_pipeline(f'[models.m]\nsource = "{SINE}"\n'
+                                     + host_target("t", table).replace('"c"', '"llvm"')))
     assert key in str(info.value) and problem in str(info.value)
