@@ -243,7 +243,8 @@ class Budget:
 
 
 BUDGET_KEYS = {"flash": (int, str), "ram": (int, str)}
-_SIZE = re.compile(r"^\s*(\d+)\s*([KM]i?B?|B)?\s*$", re.I)
+_SIZE = re.compile(r"^\s*(\d+)\s*(?:([KM])i?B?|B)?\s*$", re.I)  # 512, 512B, 512K, 512KB, 512KiB; M alike
+_UNIT_BYTES = {"K": 1024, "M": 1024 * 1024}
 
 
 @dataclass(frozen=True)
@@ -650,10 +651,13 @@ def _load_budget(file: Path, key: str, table: dict[str, Any]) -> Budget:
     _check_keys(file, key, table, BUDGET_KEYS)
     limits = {}
     for k, v in table.items():
-        m = _SIZE.match(v) if isinstance(v, str) else None
-        if isinstance(v, str) and m is None:
-            raise ConfigError(file, f"{key}.{k}", f"{v!r} is not a size.", 'write bytes, or KiB/MiB as "512K", "2M"')
-        n = int(m.group(1)) * {"k": 1024, "m": 1024 * 1024}.get((m.group(2) or "b")[0].lower(), 1) if m else v
+        n = v
+        if isinstance(v, str):
+            m = _SIZE.match(v)
+            if m is None:
+                raise ConfigError(file, f"{key}.{k}", f"{v!r} is not a size.",
+                                  'write bytes, or KiB/MiB as "512K", "2M"')
+            n = int(m.group(1)) * _UNIT_BYTES.get((m.group(2) or "").upper(), 1)
         if n <= 0:
             raise ConfigError(file, f"{key}.{k}", f"must be a positive size (got {v!r}).")
         limits[k] = n

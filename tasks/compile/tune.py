@@ -299,13 +299,12 @@ def _ms_classes():
     @derived_object
     class Progress(PyMeasureCallback):
         """One line per batch: trials done of the total, and each kernel's best cost against its untuned one.
-        It keeps the best candidate of each kernel (its trace) for write_best: asking MetaSchedule's database for
-        its top record afterwards once came back without the best measured one, in a loaded test run."""
+        It sees every measurement, so it also keeps each kernel's best candidate for write_best."""
 
         def __init__(self, pair: str, total: int, untuned: dict[str, float], unit: str, started: float, out):
             super().__init__()
             self.pair, self.total, self.untuned, self.unit, self.out = pair, total, untuned, unit, out
-            self.done, self.best, self.trials, self.started = 0, {}, {}, started
+            self.done, self.trials, self.started = 0, {}, started
             self.found: dict[str, Found] = {}
 
         def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
@@ -315,12 +314,11 @@ def _ms_classes():
             for candidate, r in zip(measure_candidates, runner_results):
                 if r.error_msg is None and r.run_secs:
                     cost = float(r.run_secs[0]) * 1e9
-                    if cost < self.best.get(name, float("inf")):
-                        self.best[name] = cost
+                    if name not in self.found or cost < self.found[name].cost:
                         self.found[name] = Found(cost, candidate.sch.trace, list(r.run_secs),
                                                  list(candidate.args_info))
             failed = sum(1 for r in runner_results if r.error_msg is not None)
-            bests = ", ".join(f"{k} {v:,.0f} (untuned {self.untuned[k]:,.0f})" for k, v in sorted(self.best.items()))
+            bests = ", ".join(f"{k} {v:,.0f} (untuned {self.untuned[k]:,.0f})" for k, v in sorted((k, f.cost) for k, f in self.found.items()))
             print(f"tune {self.pair}: {self.done}/{self.total} trials, {time.monotonic() - self.started:.0f} s"
                   f"{f', {failed} failed' if failed else ''}; best {self.unit}: {bests}", file=self.out, flush=True)
 
