@@ -67,6 +67,16 @@ def task_compare():
     yield from wiring.compare_tasks(PIPELINE)
 
 
+def task_firmware():
+    """Several models in one library and test program, per [firmware.NAME] and target."""
+    yield from wiring.firmware_tasks(PIPELINE)
+
+
+def task_firmware_test():
+    """Run each firmware's test program and compare every model with its reference."""
+    yield from wiring.firmware_test_tasks(PIPELINE)
+
+
 def task_build():
     return wiring.build_task(PIPELINE)
 

@@ -312,6 +312,17 @@ def tvm_float_abi(target: dict[str, Any]) -> str | None:
 
 
 @dataclass(frozen=True)
+class FirmwareConfig:
+    """A [firmware.NAME] table: models linked into one library per target (tasks/firmware.py), with one registry
+    and one arena that they share, since they run in turn."""
+    name: str
+    prefix: str  # C prefix of the firmware's own symbols: its arena, header and library
+    models: tuple[str, ...]
+    targets: tuple[str, ...]
+    budget: Budget = Budget()
+
+
+@dataclass(frozen=True)
 class Pipeline:
     file: Path
     out: Path
@@ -319,6 +330,11 @@ class Pipeline:
     targets: dict[str, TargetConfig]
     toolchains: dict[str, Toolchain] = field(default_factory=dict)
     boards: dict[str, Board] = field(default_factory=dict)
+    firmware: dict[str, FirmwareConfig] = field(default_factory=dict)
+
+    def firmware_builds(self) -> list[tuple[FirmwareConfig, TargetConfig]]:
+        """Every (firmware, target) to build, in file order."""
+        return [(fw, self.targets[t]) for fw in self.firmware.values() for t in fw.targets]
 
     def pairs(self) -> list[tuple[ModelConfig, TargetConfig]]:
         """Every (model, target) pair to build, in file order."""
@@ -668,7 +684,7 @@ def load_pipeline(path: Path | str, toolchain_dir: Path = TOOLCHAIN_DIR, board_d
     """Read and validate a pipeline file; raise ConfigError naming the file and key on any problem."""
     file = Path(path).resolve()
     data = _read_toml(file, "", "pipeline file")
-    _check_keys(file, "", data, {"pipeline": dict, "models": dict, "targets": dict},
+    _check_keys(file, "", data, {"pipeline": dict, "models": dict, "targets": dict, "firmware": dict},
                 required=("models", "targets"))
     settings = data.get("pipeline", {})
     _check_keys(file, "pipeline", settings, {"out": str, "toolchains": str, "boards": str})
@@ -710,4 +726,55 @@ def load_pipeline(path: Path | str, toolchain_dir: Path = TOOLCHAIN_DIR, board_d
         targets[name] = _load_target(file, name, table, models, toolchains, boards, toolchain_dirs, board_dirs)
     if not targets:
         raise ConfigError(file, "targets", "no targets defined.", "add a [targets.NAME] table")
-    return Pipeline(file=file, out=out, models=models, targets=targets, toolchains=toolchains, boards=boards)
+    firmware = {}
+    for name, table in data.get("firmware", {}).items():
+        _check_name(file, f"firmware.{name}", name, "firmware")
+        firmware[name] = _load_firmware(file, name, table, models, targets, prefixes)
+    return Pipeline(file=file, out=out, models=models, targets=targets, toolchains=toolchains, boards=boards,
+                    firmware=firmware)
+
+
+def _load_firmware(file: Path, name: str, table: Any, models: dict[str, ModelConfig],
+                   targets: dict[str, TargetConfig], prefixes: dict[str, str]) -> FirmwareConfig:
+    key = f"firmware.{name}"
+    if not isinstance(table, dict):
+        raise ConfigError(file, key, "expected a table.", f"write it as [{key}]")
+    _check_keys(file, key, table, {"models": list, "targets": list, "budget": dict}, required=("models",))
+    fw_models = table["models"]
+    for i, m in enumerate(fw_models):
+        if not isinstance(m, str) or m not in models:
+            near = difflib.get_close_matches(str(m), list(models), n=1)
+            raise ConfigError(file, f"{key}.models[{i}]", f"unknown model {m!r}.",
+                              f"did you mean '{near[0]}'?" if near else f"define [models.{m}] first")
+        if m in fw_models[:i]:
+            raise ConfigError(file, f"{key}.models[{i}]", f"model '{m}' is listed twice.", "list each model once")
+    if len(fw_models) < 2:
+        raise ConfigError(file, f"{key}.models", "a firmware links two or more models.",
+                          "for one model, use its pair's library out/<target>/<model>/lib<model>.a")
+    if "targets" in table:
+        fw_targets = table["targets"]
+        for i, t in enumerate(fw_targets):
+            if not isinstance(t, str) or t not in targets:
+                near = difflib.get_close_matches(str(t), list(targets), n=1)
+                raise ConfigError(file, f"{key}.targets[{i}]", f"unknown target {t!r}.",
+                                  f"did you mean '{near[0]}'?" if near else f"define [targets.{t}] first")
+            if t in fw_targets[:i]:
+                raise ConfigError(file, f"{key}.targets[{i}]", f"target '{t}' is listed twice.",
+                                  "list each target once")
+            lacking = [m for m in fw_models if m not in targets[t].models]
+            if lacking:
+                raise ConfigError(file, f"{key}.targets[{i}]", f"target '{t}' does not build model '{lacking[0]}'.",
+                                  f"add it to targets.{t}.models, or remove '{t}' from {key}.targets")
+    else:  # every target that builds all of them
+        fw_targets = [t for t, tc in targets.items() if all(m in tc.models for m in fw_models)]
+        if not fw_targets:
+            raise ConfigError(file, f"{key}.models", "no target builds all of these models.",
+                              f"list the targets in {key}.targets and add the models to theirs")
+    prefix = c_identifier(name)
+    clash = prefix_clash_key(prefix)
+    if clash in prefixes:
+        raise ConfigError(file, key, f"firmware '{name}' and model '{prefixes[clash]}' give the same C prefix "
+                          f"('{prefix}' ignoring case): their symbols and macros would clash.", "rename one of them")
+    prefixes[clash] = name
+    return FirmwareConfig(name=name, prefix=prefix, models=tuple(fw_models), targets=tuple(fw_targets),
+                          budget=_load_budget(file, f"{key}.budget", table.get("budget", {})))

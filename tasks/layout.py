@@ -3,6 +3,7 @@
     out/.crtforge.doit.db, out/.crtforge.lock       the dependency database and the lock that guards it
     out/_models/<model>/                            per model: import.json, inputs, reference (ModelFiles)
     out/<target>/<model>/                           per pair: every stage's files (PairFiles)
+    out/<target>/_firmware/<firmware>/              per firmware and target: its library and test (FirmwareFiles)
     out/results.md, bench.*, conformance.*          per pipeline (PipelineFiles)
     tuning/<target>/<model>/                        beside the pipeline file: committed tuning records (TuneFiles)
 
@@ -19,6 +20,7 @@ from pathlib import Path
 KERNELS_FILE = {"c": "kernels.c", "llvm": "kernels.o"}
 METADATA_FILES = {"c": ("metadata.c",), "llvm": ("metadata.ll", "metadata.o")}
 MODELS_DIR = "_models"  # '_' starts no target name, so it never clashes with out/<target>/
+FIRMWARE_DIR = "_firmware"  # nor a model name: out/<target>/_firmware/ never clashes with a pair
 TUNING_DIR = "tuning"  # committed tuning records, beside the pipeline file (tasks/compile/tune.py)
 
 
@@ -148,6 +150,55 @@ class PairFiles:
 
 
 @dataclass(frozen=True)
+class FirmwareFiles:
+    """out/<target>/_firmware/<firmware>/: one firmware's library, header and test program (tasks/firmware.py), and
+    per model a folder with its executor, outputs and test.json."""
+    dir: Path
+    prefix: str  # the firmware's C prefix
+    backend: str
+
+    @property
+    def header(self) -> Path: return self.dir / f"{self.prefix}.h"
+    @property
+    def arena_c(self) -> Path: return self.dir / "arena.c"
+    @property
+    def metadata(self) -> list[Path]: return [self.dir / n for n in METADATA_FILES[self.backend]]
+    @property
+    def metadata_c(self) -> Path: return self.dir / "metadata.c"
+    @property
+    def metadata_ll(self) -> Path: return self.dir / "metadata.ll"
+    @property
+    def metadata_object(self) -> Path: return self.dir / "metadata.o"
+    @property
+    def harness_c(self) -> Path: return self.dir / "harness.c"
+    @property
+    def obj_dir(self) -> Path: return self.dir / "obj"
+    @property
+    def library(self) -> Path: return self.dir / f"lib{self.prefix}.a"
+    @property
+    def program(self) -> Path: return self.dir / "program.elf"
+    @property
+    def linker_script(self) -> Path: return self.dir / "board.ld"
+    @property
+    def measure_linker_script(self) -> Path: return self.dir / "measure.ld"  # removed after use
+    @property
+    def sizes_json(self) -> Path: return self.dir / "sizes.json"
+    @property
+    def run_log(self) -> Path: return self.dir / "run.log"
+    @property
+    def test_json(self) -> Path: return self.dir / "test.json"  # every model's outcome
+
+    def executor_c(self, model: str) -> Path: return self.dir / model / "executor.c"  # on the shared arena
+    def outputs_npz(self, model: str) -> Path: return self.dir / model / "outputs.npz"
+    def model_test_json(self, model: str) -> Path: return self.dir / model / "test.json"
+
+    def object_for(self, owner: str, source: Path) -> Path:
+        """The object of a source of `owner`: a model's (named after it: every model has a kernels.c), "crt" for
+        crt/'s, or "" for the firmware's own."""
+        return self.obj_dir / (f"{owner}_{source.stem}.o" if owner else f"{source.stem}.o")
+
+
+@dataclass(frozen=True)
 class PipelineFiles:
     """Everything under one pipeline's `out` folder."""
     out: Path
@@ -188,3 +239,6 @@ class PipelineFiles:
 
     def pair(self, target: str, model: str, prefix: str, backend: str) -> PairFiles:
         return PairFiles(self.out / target / model, prefix, backend)
+
+    def firmware(self, target: str, name: str, prefix: str, backend: str) -> FirmwareFiles:
+        return FirmwareFiles(self.out / target / FIRMWARE_DIR / name, prefix, backend)

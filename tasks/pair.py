@@ -46,6 +46,9 @@ LINK = Stage("link", "tasks.toolchain.link", "link_pair")
 EXECUTE = Stage("run", "tasks.execute.run", "execute_pair")
 COMPARE = Stage("compare", "tasks.execute.compare", "compare_pair")
 PAIR_STAGES = (BUILD, CLASSIFY, CODEGEN, LINK, EXECUTE, COMPARE)
+# Per (firmware, target), from its models' pairs (tasks/firmware.py): f(firmware).
+FIRMWARE = Stage("link", "tasks.firmware", "build_firmware")
+FIRMWARE_TEST = Stage("run", "tasks.firmware", "test_firmware")
 
 
 @dataclass(frozen=True)

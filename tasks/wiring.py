@@ -22,11 +22,12 @@ from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
 from tasks import deps, fsutil
-from tasks.config import PROJECT_ROOT, ConfigError, ModelConfig, Pipeline, TargetConfig, load_pipeline, settings
+from tasks.config import (PROJECT_ROOT, ConfigError, FirmwareConfig, ModelConfig, Pipeline, TargetConfig,
+                          load_pipeline, settings)
 from tasks.errors import CrtforgeError
 from tasks.layout import PipelineFiles
-from tasks.pair import (BUILD, CLASSIFY, CODEGEN, COMPARE, EXECUTE, IMPORT, LINK, PAIR_STAGES, REFERENCE, RETUNE,
-                        TUNE, Pair, Stage)
+from tasks.pair import (BUILD, CLASSIFY, CODEGEN, COMPARE, EXECUTE, FIRMWARE, FIRMWARE_TEST, IMPORT, LINK,
+                        PAIR_STAGES, REFERENCE, RETUNE, TUNE, Pair, Stage)
 
 # The runtime and start-up sources the link stage compiles, and the headers they include.
 CRT_FILES = sorted(str(p) for p in (PROJECT_ROOT / "crt").rglob("*") if p.suffix in (".c", ".h", ".j2"))
@@ -273,21 +274,68 @@ def compare_tasks(pipeline: Pipeline) -> Iterator[dict[str, Any]]:
                          [p.files.test_json])
 
 
+# --- several models in one firmware (tasks/firmware.py) ----------------------------------------------------------
+
+def _firmware(pipeline: Pipeline, config: FirmwareConfig, target: TargetConfig):
+    from tasks.firmware import Firmware
+
+    pairs = tuple(_pair(pipeline, pipeline.models[m], target) for m in config.models)
+    return Firmware.at(PipelineFiles(pipeline.out), config, target, pairs)
+
+
+def _firmware_uptodate(pipeline: Pipeline, config: FirmwareConfig, target: TargetConfig, *stages: str) -> list:
+    models = {m: settings(pipeline.models[m], *stages) for m in config.models}
+    return [config_changed({"firmware": settings(config, *stages), "models": models,
+                            "target": settings(target, *stages), "versions": deps.versions()})]
+
+
+def firmware_tasks(pipeline: Pipeline) -> Iterator[dict[str, Any]]:
+    from tasks.firmware import firmware_inputs, firmware_targets
+
+    for config, target in pipeline.firmware_builds():
+        fw = _firmware(pipeline, config, target)
+        yield {"name": fw.name, "doc": "link several models into one library and test program (shared arena)",
+               "actions": [_action(FIRMWARE, fw)],
+               "file_dep": _paths(*firmware_inputs(fw)) + list(deps.code_files(FIRMWARE.module)) + CRT_FILES,
+               "targets": _paths(*firmware_targets(fw)),
+               "uptodate": _firmware_uptodate(pipeline, config, target, "codegen", "link"), "clean": True}
+
+
+def firmware_test_tasks(pipeline: Pipeline) -> Iterator[dict[str, Any]]:
+    for config, target in pipeline.firmware_builds():
+        fw = _firmware(pipeline, config, target)
+        f = fw.files
+        reads = [f.program, f.sizes_json]
+        for p in fw.pairs:
+            reads += [p.files.plan_json, *p.model_files.reference_files, p.model_files.import_json]
+        yield {"name": fw.name, "doc": "run a firmware's test program and compare each model with its reference",
+               "actions": [_action(FIRMWARE_TEST, fw)],
+               "file_dep": _paths(*reads) + list(deps.code_files(FIRMWARE_TEST.module)),
+               "targets": _paths(f.run_log, f.test_json, *(t for p in fw.pairs for t in
+                                                         (f.outputs_npz(p.model.name), f.model_test_json(p.model.name)))),
+               "uptodate": _firmware_uptodate(pipeline, config, target, "run", "compare"), "clean": True}
+
+
 def _name(model: ModelConfig, target: TargetConfig) -> str:
     return f"{target.name}/{model.name}"
 
 
 def build_task(pipeline: Pipeline) -> dict[str, Any]:
-    return {"doc": "build every (model, target) pair up to its linked program", "actions": None,
-            "task_dep": [f"link:{_name(m, t)}" for m, t in pipeline.pairs()]}
+    return {"doc": "build every (model, target) pair up to its linked program, and every firmware", "actions": None,
+            "task_dep": [f"link:{_name(m, t)}" for m, t in pipeline.pairs()]
+            + [f"firmware:{t.name}/{fw.name}" for fw, t in pipeline.firmware_builds()]}
 
 
 def _report(pipeline: Pipeline) -> TaskFailed | None:
-    from tasks.report.table import write_report
+    from tasks.report.table import ResultFiles, write_report
 
-    pairs = [_pair(pipeline, m, t) for m, t in pipeline.pairs()]
-    text, failures = write_report([p.files for p in pairs], [(p.target.name, p.model.name) for p in pairs],
-                                  PipelineFiles(pipeline.out).results_md)
+    entries = [ResultFiles.of_pair(t.name, m.name, _pair(pipeline, m, t).files) for m, t in pipeline.pairs()]
+    for config, target in pipeline.firmware_builds():
+        fw = _firmware(pipeline, config, target)
+        entries += [ResultFiles(target.name, f"{config.name}/{p.model.name}", fw.files.model_test_json(p.model.name),
+                                fw.files.sizes_json, p.files.classification_json, p.files.plan_json)
+                    for p in fw.pairs]
+    text, failures = write_report(entries, PipelineFiles(pipeline.out).results_md)
     print(text, end="")
     if failures:
         return TaskFailed("outputs differ from the reference:\n" + "\n".join(failures))
@@ -295,9 +343,10 @@ def _report(pipeline: Pipeline) -> TaskFailed | None:
 
 
 def test_task(pipeline: Pipeline) -> dict[str, Any]:
-    return {"doc": "run and compare every pair, then print the results table (out/results.md)",
+    return {"doc": "run and compare every pair and firmware, then print the results table (out/results.md)",
             "actions": [(_report, (pipeline,), {})],
-            "task_dep": [f"compare:{_name(m, t)}" for m, t in pipeline.pairs()], "verbosity": 2,
+            "task_dep": [f"compare:{_name(m, t)}" for m, t in pipeline.pairs()]
+            + [f"firmware_test:{t.name}/{fw.name}" for fw, t in pipeline.firmware_builds()], "verbosity": 2,
             "uptodate": [False]}
 
 

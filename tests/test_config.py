@@ -331,3 +331,34 @@ def test_bad_budget_and_tune_tables_name_the_key(write_pipeline, table, key, pro
         load_pipeline(write_pipeline(f'[models.m]\nsource = "{SINE}"\n'
                                      + host_target("t", table).replace('"c"', '"llvm"')))
     assert key in str(info.value) and problem in str(info.value)
+
+
+FIRMWARE_MODELS = f'[models.a]\nsource = "{SINE}"\n[models.b]\nsource = "{SINE}"\n'
+
+
+def test_a_firmware_defaults_to_every_target_that_builds_its_models(write_pipeline):
+    text = (FIRMWARE_MODELS + host_target("t") + host_target("u", 'models = ["a"]')
+            + '[firmware.fw]\nmodels = ["a", "b"]\nbudget = {ram = "64K"}\n')
+    fw = load_pipeline(write_pipeline(text)).firmware["fw"]
+    assert (fw.models, fw.targets, fw.prefix, fw.budget.ram) == (("a", "b"), ("t",), "fw", 65536)
+
+
+@pytest.mark.parametrize("table,key,problem", [
+    ('models = ["a"]', "firmware.fw.models", "a firmware links two or more models"),
+    ('models = ["a", "c"]', "firmware.fw.models[1]", "unknown model 'c'"),
+    ('models = ["a", "a"]', "firmware.fw.models[1]", "model 'a' is listed twice"),
+    ('models = ["a", "b"]\ntargets = ["u"]', "firmware.fw.targets[0]", "target 'u' does not build model 'b'"),
+    ('models = ["a", "b"]\ntargets = ["x"]', "firmware.fw.targets[0]", "unknown target 'x'"),
+    ('models = ["a", "b"]\nbudget = {ram = "lots"}', "firmware.fw.budget.ram", "'lots' is not a size"),
+    ('model = ["a", "b"]', "firmware.fw.model", "did you mean 'models'"),
+])
+def test_bad_firmware_tables_name_the_key(write_pipeline, table, key, problem):
+    with pytest.raises(ConfigError) as info:
+        load_pipeline(write_pipeline(FIRMWARE_MODELS + host_target("t") + host_target("u", 'models = ["a"]')
+                                     + f"[firmware.fw]\n{table}\n"))
+    assert key in str(info.value) and problem in str(info.value)
+
+
+def test_a_firmware_named_like_a_model_is_refused(write_pipeline):
+    with pytest.raises(ConfigError, match="firmware 'A' and model 'a' give the same C prefix"):
+        load_pipeline(write_pipeline(FIRMWARE_MODELS + host_target("t") + '[firmware.A]\nmodels = ["a", "b"]\n'))

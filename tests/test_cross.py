@@ -110,10 +110,10 @@ def test_a_model_too_big_for_the_board_is_refused_at_link(cross):
     sizes = section_sizes(root / "out" / "cortex-m4" / "convtranspose2d" / "program.elf")
     with pytest.raises(CompileError, match=r"model convtranspose2d needs \d+\.\d KiB RAM, board mps2-an386 has "
                                            r"48\.0 KiB \(arena 9\.9 KiB"):
-        check_fits("convtranspose2d", small.board, sizes, 10112)
+        check_fits("model convtranspose2d", small.board, sizes, 10112)
     tiny_flash = board_with_memory(target.board, flash_size=8 * 1024)
     with pytest.raises(CompileError, match="needs .* KiB flash, board mps2-an386 has 8.0 KiB"):
-        check_fits("convtranspose2d", tiny_flash, sizes, 10112)
+        check_fits("model convtranspose2d", tiny_flash, sizes, 10112)
 
 
 def test_link_refuses_a_too_big_program(cross, tmp_path):

@@ -35,6 +35,8 @@ void crtforge_harness_print_error(int32_t status) {
   printf("crtforge-error %ld %s\n", (long)status, crtforge_last_error());
 }
 
+void crtforge_harness_print_model(int index) { printf("crtforge-model %d\n", index); }
+
 void crtforge_harness_print_stack(long bytes) { printf("crtforge-stack %ld\n", bytes); }
 
 void crtforge_harness_done(void) {

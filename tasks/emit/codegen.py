@@ -49,6 +49,7 @@ class GeneratedFrom:
     sha256: str
     tvm_version: str
     header: str  # the model header's file name
+    of: str = "model"  # or "firmware": several models' sources, listed in `source` and `sha256`
 
     @staticmethod
     def of(p: Pair) -> "GeneratedFrom":
@@ -239,9 +240,20 @@ def external_constants(classification: Classification, params: dict[str, np.ndar
     return out
 
 
-def emit_executor(plan: Plan, weights: Weights, sig: ModelSignature, prefix: str, gen: GeneratedFrom) -> str:
-    """executor.c: declares the weights that weights.S defines."""
+@dataclass(frozen=True)
+class SharedArena:
+    """The arena a firmware's models share (tasks/firmware.py): its symbol, and the file that defines it."""
+    firmware: str
+    symbol: str
+    file: str
+
+
+def emit_executor(plan: Plan, weights: Weights, sig: ModelSignature, prefix: str, gen: GeneratedFrom,
+                  shared_arena: SharedArena | None = None) -> str:
+    """executor.c: declares the weights that weights.S defines; its intermediate tensors live in the model's own
+    arena, or in `shared_arena`."""
     p = prefix
+    arena = shared_arena.symbol if shared_arena else ModelSymbols(prefix).arena
     shapes: list[tuple[int, ...]] = []
 
     def shape_index(shape: tuple[int, ...]) -> int:
@@ -259,7 +271,7 @@ def emit_executor(plan: Plan, weights: Weights, sig: ModelSignature, prefix: str
         if output_of(t) is not None:
             return "NULL"
         if t.home == HOME_ARENA:
-            return f"&{p}_arena[{plan.storages[t.index].offset + t.offset}]"
+            return f"&{arena}[{plan.storages[t.index].offset + t.offset}]"
         if t.home == HOME_CONST:
             return f"(void*){p}_{plan.constants[t.index].name}"
         return "NULL"
@@ -318,7 +330,7 @@ def emit_executor(plan: Plan, weights: Weights, sig: ModelSignature, prefix: str
     return _env().get_template("executor.c.j2").render(
         plan=plan, p=p, P=p.upper(), gen=gen, shapes=shapes, tensors=tensors, calls=calls,
         bound=bound, copies=copies, weights=weights.executor, external_constants=weights.external,
-        arena_section=ModelSymbols(prefix).arena_section)
+        arena=arena, shared_arena=shared_arena, arena_section=ModelSymbols(prefix).arena_section)
 
 
 def codegen_pair(p: Pair) -> None:

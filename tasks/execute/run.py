@@ -106,8 +106,9 @@ def parse_outputs(stdout: str, sig: ModelSignature) -> dict[str, np.ndarray]:
     return outputs
 
 
-def run_program(board: Board, program: Path, sig: ModelSignature, timeout: float, out_npz: Path,
-                log: Path) -> dict[str, np.ndarray]:
+def run_logged(board: Board, program: Path, timeout: float, log: Path) -> str:
+    """Run `program` on `board`, log the run, and return its standard output; a crash, a non-zero exit or a timeout
+    is a RunError."""
     argv = runner_argv(board, program)
     where = f"on board '{board.name}' (runner '{board.runner}')"
     try:
@@ -129,7 +130,12 @@ def run_program(board: Board, program: Path, sig: ModelSignature, timeout: float
         how = (f"was killed by {signal.Signals(-proc.returncode).name}" if proc.returncode < 0
                else f"exited with status {proc.returncode}")
         raise RunError(f"{program.name} {how} {where}; see {log.name}:\n{tail}")
-    outputs = parse_outputs(proc.stdout, sig)
+    return proc.stdout
+
+
+def run_program(board: Board, program: Path, sig: ModelSignature, timeout: float, out_npz: Path,
+                log: Path) -> dict[str, np.ndarray]:
+    outputs = parse_outputs(run_logged(board, program, timeout, log), sig)
     fsutil.save_npz(out_npz, outputs)
     return outputs
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,19 +64,33 @@ def mismatch_lines(target: str, model: str, test: dict[str, Any]) -> list[str]:
     return lines
 
 
-def write_report(pairs: list[PairFiles], names: list[tuple[str, str]], out_md: Path) -> tuple[str, list[str]]:
-    """Table for the pairs' files and their (target, model) names; returns it and a line per failure (none: all
-    passed)."""
+@dataclass(frozen=True)
+class ResultFiles:
+    """The files of one row: a pair's, or one model of a firmware (its test.json, and the firmware's sizes)."""
+    target: str
+    model: str  # as the row names it: "sine", or "kws/sine" for model sine in firmware kws
+    test_json: Path
+    sizes_json: Path
+    classification_json: Path
+    plan_json: Path
+
+    @staticmethod
+    def of_pair(target: str, model: str, files: PairFiles) -> "ResultFiles":
+        return ResultFiles(target, model, files.test_json, files.sizes_json, files.classification_json,
+                           files.plan_json)
+
+
+def write_report(entries: list[ResultFiles], out_md: Path) -> tuple[str, list[str]]:
+    """Table of the rows' files; returns it and a line per failure (none: all passed)."""
     read = lambda path: fsutil.read_json(path) if path.exists() else None  # noqa: E731
     rows, failures = [], []
-    for files, (target, model) in zip(pairs, names):
-        test = read(files.test_json)
-        rows.append(row(target, model, test, read(files.sizes_json), read(files.classification_json),
-                        read(files.plan_json)))
+    for e in entries:
+        test = read(e.test_json)
+        rows.append(row(e.target, e.model, test, read(e.sizes_json), read(e.classification_json), read(e.plan_json)))
         if test is None:
-            failures.append(f"{target}/{model}: not run")
+            failures.append(f"{e.target}/{e.model}: not run")
         elif not test["passed"]:
-            failures.extend(mismatch_lines(target, model, test))
+            failures.extend(mismatch_lines(e.target, e.model, test))
     text = table(rows)
     fsutil.write_text(out_md, text)
     return text, failures

@@ -19,7 +19,7 @@ import numpy as np
 
 from tasks import fsutil
 from tasks.compile.classify import read_classification
-from tasks.config import DEFAULT_PLACEMENT, PLACEABLE, PROJECT_ROOT, Board, Memory, TargetConfig, Toolchain
+from tasks.config import DEFAULT_PLACEMENT, PLACEABLE, PROJECT_ROOT, Board, Budget, Memory, TargetConfig, Toolchain
 from tasks.emit.codegen import GeneratedFrom, _env, ctype, weight_lines
 from tasks.frontend.importer import ModelSignature, read_signature
 from tasks.layout import PairFiles
@@ -234,7 +234,7 @@ def library_sizes(objects: list[Path]) -> dict[str, int]:
     return with_totals(total)
 
 
-def check_fits(model: str, board: Board, sizes: dict[str, int], arena_bytes: int,
+def check_fits(what: str, board: Board, sizes: dict[str, int], arena_bytes: int,
                usage: dict[str, int] | None = None) -> None:
     """Refuse a program whose flash, RAM (with the board's stack and heap) or other memory exceeds the board's."""
     mem = board.memory
@@ -243,37 +243,37 @@ def check_fits(model: str, board: Board, sizes: dict[str, int], arena_bytes: int
     for region in mem.regions:
         need = (usage or {}).get(region.name, 0)
         if need > region.size:
-            raise CompileError(f"model {model} needs {kib(need)} KiB in memory '{region.name}' of board {board.name}, "
+            raise CompileError(f"{what} needs {kib(need)} KiB in memory '{region.name}' of board {board.name}, "
                                f"which has {kib(region.size)} KiB. HINT: place less there (the target's placement)")
     ram_need = sizes["ram"] + mem.stack_size + mem.heap_size
     if ram_need > mem.ram_size:
-        raise CompileError(f"model {model} needs {kib(ram_need)} KiB RAM, board {board.name} has {kib(mem.ram_size)} KiB "
+        raise CompileError(f"{what} needs {kib(ram_need)} KiB RAM, board {board.name} has {kib(mem.ram_size)} KiB "
                            f"(arena {kib(arena_bytes)} KiB, other data and bss {kib(sizes['ram'] - arena_bytes)} KiB, "
                            f"stack {kib(mem.stack_size)} KiB, heap {kib(mem.heap_size)} KiB). "
                            "HINT: use a board with more RAM, or a smaller model")
     if sizes["flash"] > mem.flash_size:
-        raise CompileError(f"model {model} needs {kib(sizes['flash'])} KiB flash, board {board.name} has "
+        raise CompileError(f"{what} needs {kib(sizes['flash'])} KiB flash, board {board.name} has "
                            f"{kib(mem.flash_size)} KiB (code {kib(sizes['text'])} KiB, read-only data and weights "
                            f"{kib(sizes['rodata'])} KiB). HINT: use a board with more flash, or a smaller model")
 
 
-def check_budget(model: str, target: TargetConfig, sizes: dict[str, int], arena_bytes: int) -> dict[str, Any]:
+def check_budget(what: str, budget: Budget, key: str, sizes: dict[str, int], arena_bytes: int) -> dict[str, Any]:
     """Refuse a program over the target's `budget`, naming the part that is over and by how much; else each limit
     with its use and headroom (for sizes.json)."""
     parts = {"flash": f"code {sizes['text']:,} B, read-only data and weights {sizes['rodata']:,} B, "
                       f"initial data {sizes['data']:,} B",
              "ram": f"arena {arena_bytes:,} B, other data and bss {sizes['ram'] - arena_bytes:,} B"}
     report = {}
-    for what in ("flash", "ram"):
-        limit = getattr(target.budget, what)
+    for memory in ("flash", "ram"):
+        limit = getattr(budget, memory)
         if limit is None:
             continue
-        used = sizes[what]
+        used = sizes[memory]
         if used > limit:
-            raise CompileError(f"model {model} on target {target.name} is over its {what} budget: {used:,} B, the "
-                               f"budget (targets.{target.name}.budget.{what}) is {limit:,} B, over by {used - limit:,} B "
-                               f"({parts[what]}). HINT: raise the budget, or make the model smaller")
-        report[what] = {"limit": limit, "used": used, "headroom": limit - used}
+            raise CompileError(f"{what} is over its {memory} budget: {used:,} B, the budget ({key}.{memory}) is "
+                               f"{limit:,} B, over by {used - limit:,} B ({parts[memory]}). HINT: raise the budget, "
+                               "or make the model smaller")
+        report[memory] = {"limit": limit, "used": used, "headroom": limit - used}
     return report
 
 
@@ -320,66 +320,106 @@ def harness_sources(files: PairFiles, board: Board) -> list[Path]:
     return [files.harness_c, *CRT_HARNESS_SOURCES, *extra]
 
 
+@dataclass(frozen=True)
+class Source:
+    """One file of a library: C or assembler to compile into `object` (with its `includes`, the first of which
+    also holds what an assembler file's .incbin names), or, with `object` None, an object taken as is."""
+    path: Path
+    object: Path | None
+    warnings: tuple[str, ...] = OWN_WARNINGS
+    includes: tuple[Path, ...] = ()
+
+
+@dataclass(frozen=True)
+class LinkJob:
+    """A library and its test program, as link_pair and the firmware stage (tasks/firmware.py) describe them."""
+    what: str  # "model sine", "firmware kws": for messages
+    target: TargetConfig
+    includes: list[Path]
+    library_sources: list[Source]
+    harness_sources: list[tuple[Path, Path]]  # (source, object)
+    library: Path
+    program: Path
+    linker_script: Path  # written for bare-metal boards
+    measure_linker_script: Path
+    sizes_json: Path
+    arena_bytes: int
+    budget: Budget
+    budget_key: str  # e.g. targets.t.budget: where the budget is set, for the message
+    # crt kernels no call reaches: compiled (the same objects for every pair), but not archived
+    not_archived: frozenset[Path] = frozenset()
+
+
+def run_link_job(job: LinkJob) -> None:
+    """Compile everything, archive the library, link the program (refused with figures if it does not fit the
+    board or its budget), write sizes.json."""
+    target = job.target
+    library_objects = []
+    for src in job.library_sources:
+        if src.object is None:
+            library_objects.append(src.path)
+            continue
+        compile_c(target, src.path, src.object, list(src.includes or job.includes), src.warnings)
+        if src.path not in job.not_archived:
+            library_objects.append(src.object)
+    check_duplicate_symbols(library_objects)
+    archive(target.toolchain, library_objects, job.library)
+
+    harness_objects = []
+    for src, obj in job.harness_sources:
+        compile_c(target, src, obj, job.includes)
+        harness_objects.append(obj)
+    script = None
+    if target.board.kind == "bare-metal":
+        # Link once with outsized memories to learn what the program needs, so that a model too big for the
+        # board is refused with figures rather than a linker's "region overflowed".
+        fsutil.write_text(job.measure_linker_script, linker_script(target.board, _MEASURE_BYTES, target.placement))
+        try:
+            link_program(target, harness_objects, job.library, job.program, job.measure_linker_script)
+        finally:
+            job.measure_linker_script.unlink(missing_ok=True)
+        try:
+            check_fits(job.what, target.board, section_sizes(job.program, target.board.memory), job.arena_bytes,
+                       memory_usage(job.program, target.board.memory, target.placement))
+        except CompileError:
+            job.program.unlink()
+            raise
+        script = job.linker_script
+        fsutil.write_text(script, linker_script(target.board, placement=target.placement))
+    link_program(target, harness_objects, job.library, job.program, script)
+
+    program_sizes = section_sizes(job.program, target.board.memory)
+    try:
+        budget = check_budget(f"{job.what} on target {target.name}", job.budget, job.budget_key, program_sizes,
+                              job.arena_bytes)
+    except CompileError:
+        job.program.unlink()
+        raise
+    stack = target.board.memory.stack_size if target.board.memory else None
+    memories = memory_usage(job.program, target.board.memory, target.placement) if target.board.memory else {}
+    fsutil.write_json(job.sizes_json, {"program": program_sizes,
+                                       "library": library_sizes(library_objects), "memories": memories,
+                                       "arena_bytes": job.arena_bytes, "stack_bytes": stack, "budget": budget})
+
+
 def link_pair(p: Pair) -> LinkOutputs:
     """Stage 5: compile everything, archive lib<prefix>.a, link program.elf, write sizes.json."""
     f, target = p.files, p.target
     sig = read_signature(p.model_files.import_json)
     registry_count = len(read_classification(f.classification_json).registry_functions)
     plan = fsutil.read_json(f.plan_json)
-    arena_bytes = plan["arena_bytes"]
     gen = GeneratedFrom.of(p)
-    includes = [f.dir, CRT_INCLUDE]
     fsutil.write_text(f.harness_c, emit_harness(sig, fsutil.load_npz(p.model_files.inputs_npz), p.model.prefix,
                                                 registry_count, gen))
-
-    library_objects = []
-    unused = unused_kernels(plan)
-    for src, warnings in library_sources(f):
-        if warnings is None:
-            library_objects.append(src)
-            continue
-        obj = f.object_for(src, CRT_DIR)
-        compile_c(target, src, obj, includes, warnings)
-        if src not in unused:
-            library_objects.append(obj)
-    check_duplicate_symbols(library_objects)
-    archive(target.toolchain, library_objects, f.library)
-
-    harness_objects = []
-    for src in harness_sources(f, target.board):
-        obj = f.object_for(src, CRT_DIR)
-        compile_c(target, src, obj, includes)
-        harness_objects.append(obj)
-    script = None
-    if target.board.kind == "bare-metal":
-        # Link once with outsized memories to learn what the program needs, so that a model too big for the
-        # board is refused with figures rather than a linker's "region overflowed".
-        fsutil.write_text(f.measure_linker_script, linker_script(target.board, _MEASURE_BYTES, target.placement))
-        try:
-            link_program(target, harness_objects, f.library, f.program, f.measure_linker_script)
-        finally:
-            f.measure_linker_script.unlink(missing_ok=True)
-        try:
-            check_fits(p.model.name, target.board, section_sizes(f.program, target.board.memory), arena_bytes,
-                       memory_usage(f.program, target.board.memory, target.placement))
-        except CompileError:
-            f.program.unlink()
-            raise
-        script = f.linker_script
-        fsutil.write_text(script, linker_script(target.board, placement=target.placement))
-    link_program(target, harness_objects, f.library, f.program, script)
-
-    program_sizes = section_sizes(f.program, target.board.memory)
-    try:
-        budget = check_budget(p.model.name, target, program_sizes, arena_bytes)
-    except CompileError:
-        f.program.unlink()
-        raise
-    stack = target.board.memory.stack_size if target.board.memory else None
-    memories = memory_usage(f.program, target.board.memory, target.placement) if target.board.memory else {}
-    fsutil.write_json(f.sizes_json, {"program": program_sizes,
-                                     "library": library_sizes(library_objects), "memories": memories,
-                                     "arena_bytes": arena_bytes, "stack_bytes": stack, "budget": budget})
+    sources = [Source(src, None if warnings is None else f.object_for(src, CRT_DIR), warnings or ())
+               for src, warnings in library_sources(f)]
+    run_link_job(LinkJob(
+        what=f"model {p.model.name}", target=target, includes=[f.dir, CRT_INCLUDE],
+        library_sources=sources, not_archived=frozenset(unused_kernels(plan)),
+        harness_sources=[(src, f.object_for(src, CRT_DIR)) for src in harness_sources(f, target.board)],
+        library=f.library, program=f.program, linker_script=f.linker_script,
+        measure_linker_script=f.measure_linker_script, sizes_json=f.sizes_json, arena_bytes=plan["arena_bytes"],
+        budget=target.budget, budget_key=f"targets.{target.name}.budget"))
     return LinkOutputs(library=f.library, program=f.program)
 
 

@@ -16,6 +16,8 @@ void crtforge_harness_print_output(int index, const void* data, size_t nbytes);
 int crtforge_harness_check_registry(const TVMModule* module, uint16_t count);
 /* Prints "crtforge-error <status> <message>". */
 void crtforge_harness_print_error(int32_t status);
+/* Prints "crtforge-model <index>": the outputs that follow are the firmware's index-th model's. */
+void crtforge_harness_print_model(int index);
 /* Prints "crtforge-stack <bytes>": the inference's stack high-water. */
 void crtforge_harness_print_stack(long bytes);
 /* Prints "crtforge-done". */
