@@ -77,6 +77,11 @@ def task_firmware_test():
     yield from wiring.firmware_test_tasks(PIPELINE)
 
 
+def task_package():
+    """Per pair and firmware: a CMake and pkg-config package with its provenance manifest, and an MLF tarball."""
+    yield from wiring.package_tasks(PIPELINE)
+
+
 def task_build():
     return wiring.build_task(PIPELINE)
 

@@ -84,7 +84,7 @@ def _sources_of(fw: Firmware) -> list[tuple[str, Path, tuple[str, ...] | None]]:
 
 def _generated_from(fw: Firmware) -> GeneratedFrom:
     """What the firmware's own files say about their origin: every model's source and its sha256, in order."""
-    return GeneratedFrom(model=fw.config.name, of="firmware",
+    return GeneratedFrom(model=fw.config.name, kind="firmware",
                          target=fw.target.name, source=", ".join(p.model.source.name for p in fw.pairs),
                          sha256=", ".join(fsutil.sha256_file(p.model.source)[:16] for p in fw.pairs),
                          tvm_version=versions()["apache-tvm"], header=fw.files.header.name)

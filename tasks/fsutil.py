@@ -7,8 +7,9 @@ import hashlib
 import io
 import json
 import os
+import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -52,3 +53,22 @@ def load_npz(path: Path) -> dict[str, np.ndarray]:
 
 def sha256_file(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def write_tree(path: Path, build: Callable[[Path], None]) -> None:
+    """A folder written whole or not at all: `build` fills a fresh temp folder beside `path`, which then takes its
+    place (the old one is moved aside first and removed after: a folder cannot be replaced in one rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.tmp*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    old = path.with_name(f".{path.name}.tmp{os.getpid()}.old")
+    try:
+        tmp.mkdir()
+        build(tmp)
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)

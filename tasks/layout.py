@@ -143,6 +143,10 @@ class PairFiles:
     def result_json(self) -> Path: return self.dir / "result.json"  # conformance: the pair's outcome
     @property
     def tune(self) -> TuneFiles: return TuneFiles(self.dir / "tune")
+    @property
+    def package_dir(self) -> Path: return self.dir / "package"  # tasks/package.py: an install prefix
+    @property
+    def mlf_tar(self) -> Path: return self.dir / f"{self.dir.name}.mlf.tar"  # Model Library Format
 
     def object_for(self, source: Path, crt_dir: Path) -> Path:
         """The object of `source`; crt/ sources get a `crt_` prefix so they never clash with generated ones."""
@@ -187,6 +191,8 @@ class FirmwareFiles:
     def run_log(self) -> Path: return self.dir / "run.log"
     @property
     def test_json(self) -> Path: return self.dir / "test.json"  # every model's outcome
+    @property
+    def package_dir(self) -> Path: return self.dir / "package"
 
     def executor_c(self, model: str) -> Path: return self.dir / model / "executor.c"  # on the shared arena
     def outputs_npz(self, model: str) -> Path: return self.dir / model / "outputs.npz"

@@ -49,6 +49,9 @@ PAIR_STAGES = (BUILD, CLASSIFY, CODEGEN, LINK, EXECUTE, COMPARE)
 # Per (firmware, target), from its models' pairs (tasks/firmware.py): f(firmware).
 FIRMWARE = Stage("link", "tasks.firmware", "build_firmware")
 FIRMWARE_TEST = Stage("run", "tasks.firmware", "test_firmware")
+# `doit package` (tasks/package.py): per pair, and per firmware.
+PACKAGE = Stage("link", "tasks.package", "package_pair")
+PACKAGE_FIRMWARE = Stage("link", "tasks.package", "package_firmware")
 
 
 @dataclass(frozen=True)

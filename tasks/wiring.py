@@ -26,8 +26,8 @@ from tasks.config import (PROJECT_ROOT, ConfigError, FirmwareConfig, ModelConfig
                           load_pipeline, settings)
 from tasks.errors import CrtforgeError
 from tasks.layout import PipelineFiles
-from tasks.pair import (BUILD, CLASSIFY, CODEGEN, COMPARE, EXECUTE, FIRMWARE, FIRMWARE_TEST, IMPORT, LINK,
-                        PAIR_STAGES, REFERENCE, RETUNE, TUNE, Pair, Stage)
+from tasks.pair import (BUILD, CLASSIFY, CODEGEN, COMPARE, EXECUTE, FIRMWARE, FIRMWARE_TEST, IMPORT, LINK, PACKAGE,
+                        PACKAGE_FIRMWARE, PAIR_STAGES, REFERENCE, RETUNE, TUNE, Pair, Stage)
 
 # The runtime and start-up sources the link stage compiles, and the headers they include.
 CRT_FILES = sorted(str(p) for p in (PROJECT_ROOT / "crt").rglob("*") if p.suffix in (".c", ".h", ".j2"))
@@ -314,6 +314,40 @@ def firmware_test_tasks(pipeline: Pipeline) -> Iterator[dict[str, Any]]:
                "targets": _paths(f.run_log, f.test_json, *(t for p in fw.pairs for t in
                                                          (f.outputs_npz(p.model.name), f.model_test_json(p.model.name)))),
                "uptodate": _firmware_uptodate(pipeline, config, target, "run", "compare"), "clean": True}
+
+
+# --- packages (tasks/package.py) ----------------------------------------------------------------------------------
+
+def package_tasks(pipeline: Pipeline) -> Iterator[dict[str, Any]]:
+    """Per pair and per firmware: the install tree (CMake, pkg-config, manifest) and, per pair, the MLF tarball. The
+    manifest names the crtforge commit, so a new commit repackages."""
+    from tasks.package import crtforge_revision
+
+    revision = crtforge_revision()
+    for model, target in pipeline.pairs():
+        p = _pair(pipeline, model, target)
+        f = p.files
+        script = [f.linker_script] if target.board.kind == "bare-metal" else []
+        yield {"name": p.name, "doc": "the pair as a CMake/pkg-config package and a Model Library Format tarball",
+               "actions": [_action(PACKAGE, p)],
+               "file_dep": _paths(f.library, f.header, f.plan_json, f.sizes_json, f.params_npz, f.weights_bin,
+                                  f.kernels, *f.metadata, f.executor_c, f.external_c, f.weights_asm,
+                                  p.model_files.import_json, model.source, *script)
+               + list(deps.code_files(PACKAGE.module)) + CRT_FILES,
+               "targets": _paths(f.package_dir, f.mlf_tar),
+               "uptodate": [config_changed({"target": settings(target, "link"), "revision": revision,
+                                            "versions": deps.versions()})], "clean": True}
+    for config, target in pipeline.firmware_builds():
+        fw = _firmware(pipeline, config, target)
+        f = fw.files
+        script = [f.linker_script] if target.board.kind == "bare-metal" else []
+        yield {"name": fw.name, "doc": "a firmware as a CMake/pkg-config package",
+               "actions": [_action(PACKAGE_FIRMWARE, fw)],
+               "file_dep": _paths(f.library, f.header, f.sizes_json, *(p.files.header for p in fw.pairs), *script)
+               + list(deps.code_files(PACKAGE_FIRMWARE.module)) + CRT_FILES,
+               "targets": _paths(f.package_dir),
+               "uptodate": [config_changed({"target": settings(target, "link"), "revision": revision,
+                                            "versions": deps.versions()})], "clean": True}
 
 
 def _name(model: ModelConfig, target: TargetConfig) -> str:

@@ -49,7 +49,7 @@ class GeneratedFrom:
     sha256: str
     tvm_version: str
     header: str  # the model header's file name
-    of: str = "model"  # or "firmware": several models' sources, listed in `source` and `sha256`
+    kind: str = "model"  # or "firmware": several models' sources, listed in `source` and `sha256`
 
     @staticmethod
     def of(p: Pair) -> "GeneratedFrom":
