@@ -90,6 +90,10 @@ def task_test():
     return wiring.test_task(PIPELINE)
 
 
+def task_report():
+    return wiring.report_task(PIPELINE)
+
+
 @wiring.delayed_creator("conformance", "sweep", "sweep-vm")
 def task_conformance():
     """Conformance: the onnx package's model tests on host, host-llvm and cortex-m4 (conformance=GLOBS)."""

@@ -4,11 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Compilers and emulators for every toolchain in toolchains/ and board in boards/.
+# Compilers and emulators for every toolchain in toolchains/ and board in boards/; cmake and pkg-config for the
+# package consumers in examples/, and Chromium for the report's browser check (tests/test_report.py).
 APT_PACKAGES=(python3 python3-venv gcc libc6-dev binutils make
   gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm
   gcc-aarch64-linux-gnu libc6-dev-arm64-cross gcc-riscv64-linux-gnu libc6-dev-riscv64-cross qemu-user
-  clang lld llvm libasan8 libubsan1 valgrind)
+  clang lld llvm libasan8 libubsan1 valgrind
+  cmake pkgconf chromium)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -4,7 +4,7 @@
     out/_models/<model>/                            per model: import.json, inputs, reference (ModelFiles)
     out/<target>/<model>/                           per pair: every stage's files (PairFiles)
     out/<target>/_firmware/<firmware>/              per firmware and target: its library and test (FirmwareFiles)
-    out/results.md, bench.*, conformance.*          per pipeline (PipelineFiles)
+    out/results.md, report.*, bench.*, conformance.*   per pipeline (PipelineFiles)
     tuning/<target>/<model>/                        beside the pipeline file: committed tuning records (TuneFiles)
 
 The database and the lock live in the folder they describe: two pipeline files that share `out` share both,
@@ -215,6 +215,10 @@ class PipelineFiles:
     def lock(self) -> Path: return self.out / ".crtforge.lock"
     @property
     def results_md(self) -> Path: return self.out / "results.md"
+    @property
+    def report_html(self) -> Path: return self.out / "report.html"  # tasks/report/html.py
+    @property
+    def report_json(self) -> Path: return self.out / "report.json"  # its figures, and the baseline they are compared with
     @property
     def bench_json(self) -> Path: return self.out / "bench.json"
     @property

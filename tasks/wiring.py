@@ -360,28 +360,67 @@ def build_task(pipeline: Pipeline) -> dict[str, Any]:
             + [f"firmware:{t.name}/{fw.name}" for fw, t in pipeline.firmware_builds()]}
 
 
-def _report(pipeline: Pipeline) -> TaskFailed | None:
-    from tasks.report.table import ResultFiles, write_report
+def _rows(pipeline: Pipeline):
+    """The results table's rows and the HTML report's: every pair, then every model of every firmware."""
+    from tasks.report.html import ReportEntry
+    from tasks.report.table import ResultFiles
 
-    entries = [ResultFiles.of_pair(t.name, m.name, _pair(pipeline, m, t).files) for m, t in pipeline.pairs()]
+    table, page = [], []
+    for m, t in pipeline.pairs():
+        f = _pair(pipeline, m, t).files
+        table.append(ResultFiles.of_pair(t.name, m.name, f))
+        page.append(ReportEntry(t.name, m.name, f.test_json, f.sizes_json, f.bench_json, f.program))
     for config, target in pipeline.firmware_builds():
-        fw = _firmware(pipeline, config, target)
-        entries += [ResultFiles(target.name, f"{config.name}/{p.model.name}", fw.files.model_test_json(p.model.name),
-                                fw.files.sizes_json, p.files.classification_json, p.files.plan_json)
-                    for p in fw.pairs]
-    text, failures = write_report(entries, PipelineFiles(pipeline.out).results_md)
+        fw = _firmware(pipeline, config, target).files
+        for p in _firmware(pipeline, config, target).pairs:
+            label = f"{config.name}/{p.model.name}"
+            table.append(ResultFiles(target.name, label, fw.model_test_json(p.model.name), fw.sizes_json,
+                                     p.files.classification_json, p.files.plan_json))
+            page.append(ReportEntry(target.name, label, fw.model_test_json(p.model.name), fw.sizes_json, None,
+                                    fw.program))
+    return table, page
+
+
+def _write_html(pipeline: Pipeline, page: list) -> None:
+    from tasks.report.html import write_report_html
+
+    top = PipelineFiles(pipeline.out)
+    summary = write_report_html(page, pipeline.file.name, top.conformance_json, top.report_html, top.report_json)
+    grew = f"; {len(summary['grew'])} figures grew since the previous build" if summary["grew"] else ""
+    print(f"wrote {top.report_html} ({summary['passed']}/{summary['pairs']} rows pass{grew})")
+
+
+def _html_only(pipeline: Pipeline) -> None:
+    _write_html(pipeline, _rows(pipeline)[1])
+
+
+def _report(pipeline: Pipeline) -> TaskFailed | None:
+    from tasks.report.table import write_report
+
+    table, page = _rows(pipeline)
+    text, failures = write_report(table, PipelineFiles(pipeline.out).results_md)
     print(text, end="")
+    _write_html(pipeline, page)
     if failures:
         return TaskFailed("outputs differ from the reference:\n" + "\n".join(failures))
     return None
 
 
 def test_task(pipeline: Pipeline) -> dict[str, Any]:
-    return {"doc": "run and compare every pair and firmware, then print the results table (out/results.md)",
+    return {"doc": "run and compare every pair and firmware, print the results table (out/results.md), write "
+                   "out/report.html",
             "actions": [(_report, (pipeline,), {})],
             "task_dep": [f"compare:{_name(m, t)}" for m, t in pipeline.pairs()]
             + [f"firmware_test:{t.name}/{fw.name}" for fw, t in pipeline.firmware_builds()], "verbosity": 2,
             "uptodate": [False]}
+
+
+def report_task(pipeline: Pipeline) -> dict[str, Any]:
+    """out/report.html from whatever the pairs have now (built, tested, benchmarked or not): never stale, since
+    it always runs, and cheap."""
+    return {"doc": "write out/report.html (also written by doit test): sizes, budgets, instructions, conformance, "
+                   "what changed", "actions": [(_html_only, (pipeline,), {})],
+            "task_dep": ["build"], "verbosity": 2, "uptodate": [False]}
 
 
 # --- conformance sweep (tasks/conformance.py) ----------------------------------------------------------------

@@ -226,6 +226,7 @@ def bench_pair(p: Pair, plugin: Path) -> dict[str, Any]:
         "tvm_target": p.target.tvm_target(),
         "tuning": fsutil.read_json(f.tune.summary_json) if p.target.tune else None, "macs": macs,
         "instructions": count,
+        "program_sha256": fsutil.sha256_file(f.program),  # which build these figures are of (the report checks)
         "instructions_per_mac": round(count / macs, 3) if macs else None,
         "sizes": size_split(f.program, p.model.prefix, const_vars, sizes["program"], p.target.board.memory),
         "model_flash": sizes["library"]["flash"],
