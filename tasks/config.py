@@ -395,6 +395,17 @@ def _check_string_lists(file: Path, data: dict[str, Any], keys: tuple[str, ...])
             raise ConfigError(file, k, "expected a list of strings.")
 
 
+def _check_name_list(file: Path, key: str, names: list[Any], known: dict[str, Any], what: str) -> None:
+    """A list of names of models or targets: each one defined (else the nearest is suggested), none twice."""
+    for i, name in enumerate(names):
+        if not isinstance(name, str) or name not in known:
+            near = difflib.get_close_matches(str(name), list(known), n=1)
+            raise ConfigError(file, f"{key}[{i}]", f"unknown {what} {name!r}.",
+                              f"did you mean '{near[0]}'?" if near else f"define [{what}s.{name}] first")
+        if name in names[:i]:
+            raise ConfigError(file, f"{key}[{i}]", f"{what} '{name}' is listed twice.", f"list each {what} once")
+
+
 def _existing_path(file: Path, key: str, value: str, what: str) -> Path:
     path = (file.parent / value).resolve()
     if not path.exists():
@@ -619,13 +630,7 @@ def _load_target(file: Path, name: str, table: Any, models: dict[str, ModelConfi
         raise ConfigError(file, f"{key}.tvm.kind", "the TVM target kind comes from 'backend'.",
                           f"remove {key}.tvm.kind and set {key}.backend")
     target_models = table.get("models", list(models))
-    for i, m in enumerate(target_models):
-        if not isinstance(m, str) or m not in models:
-            near = difflib.get_close_matches(str(m), list(models), n=1)
-            raise ConfigError(file, f"{key}.models[{i}]", f"unknown model {m!r}.",
-                              f"did you mean '{near[0]}'?" if near else f"define [models.{m}] first")
-        if m in target_models[:i]:
-            raise ConfigError(file, f"{key}.models[{i}]", f"model '{m}' is listed twice.", "list each model once")
+    _check_name_list(file, f"{key}.models", target_models, models, "model")
     offload = table.get("offload", [])
     for i, codegen in enumerate(offload):
         if codegen not in OFFLOAD_CODEGENS:
@@ -741,26 +746,14 @@ def _load_firmware(file: Path, name: str, table: Any, models: dict[str, ModelCon
         raise ConfigError(file, key, "expected a table.", f"write it as [{key}]")
     _check_keys(file, key, table, {"models": list, "targets": list, "budget": dict}, required=("models",))
     fw_models = table["models"]
-    for i, m in enumerate(fw_models):
-        if not isinstance(m, str) or m not in models:
-            near = difflib.get_close_matches(str(m), list(models), n=1)
-            raise ConfigError(file, f"{key}.models[{i}]", f"unknown model {m!r}.",
-                              f"did you mean '{near[0]}'?" if near else f"define [models.{m}] first")
-        if m in fw_models[:i]:
-            raise ConfigError(file, f"{key}.models[{i}]", f"model '{m}' is listed twice.", "list each model once")
+    _check_name_list(file, f"{key}.models", fw_models, models, "model")
     if len(fw_models) < 2:
         raise ConfigError(file, f"{key}.models", "a firmware links two or more models.",
                           "for one model, use its pair's library out/<target>/<model>/lib<model>.a")
     if "targets" in table:
         fw_targets = table["targets"]
+        _check_name_list(file, f"{key}.targets", fw_targets, targets, "target")
         for i, t in enumerate(fw_targets):
-            if not isinstance(t, str) or t not in targets:
-                near = difflib.get_close_matches(str(t), list(targets), n=1)
-                raise ConfigError(file, f"{key}.targets[{i}]", f"unknown target {t!r}.",
-                                  f"did you mean '{near[0]}'?" if near else f"define [targets.{t}] first")
-            if t in fw_targets[:i]:
-                raise ConfigError(file, f"{key}.targets[{i}]", f"target '{t}' is listed twice.",
-                                  "list each target once")
             lacking = [m for m in fw_models if m not in targets[t].models]
             if lacking:
                 raise ConfigError(file, f"{key}.targets[{i}]", f"target '{t}' does not build model '{lacking[0]}'.",

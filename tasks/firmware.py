@@ -18,8 +18,7 @@ from tasks.compile.classify import read_classification
 from tasks.compile.plan import Plan
 from tasks.config import FirmwareConfig, TargetConfig
 from tasks.deps import versions
-from tasks.emit.codegen import (GeneratedFrom, Registry, SharedArena, _env, compile_ll, emit_executor,
-                                emit_metadata_c, emit_metadata_ll, weights_of)
+from tasks.emit.codegen import GeneratedFrom, Registry, SharedArena, _env, emit_executor, weights_of, write_metadata
 from tasks.errors import CrtforgeError
 from tasks.execute.compare import run_compare
 from tasks.execute.run import RunError, parse_outputs, run_logged
@@ -96,7 +95,8 @@ def build_firmware(fw: Firmware) -> None:
     shared = SharedArena(firmware=fw.config.name, symbol=sym.arena, file=f.arena_c.name)
     functions, models, harness_models, arena_bytes, unused = [], [], [], 0, set(CRT_KERNEL_SOURCES)
     for p in fw.pairs:
-        plan = Plan.from_dict(fsutil.read_json(p.files.plan_json))
+        plan_dict = fsutil.read_json(p.files.plan_json)
+        plan = Plan.from_dict(plan_dict)
         classification = read_classification(p.files.classification_json)
         sig = read_signature(p.model_files.import_json)
         gen = GeneratedFrom.of(p)
@@ -106,7 +106,7 @@ def build_firmware(fw: Firmware) -> None:
         fsutil.write_text(f.executor_c(p.model.name), emit_executor(plan, weights, sig, p.model.prefix, gen, shared))
         functions += Registry.from_classification(p.model.prefix, classification).functions
         arena_bytes = max(arena_bytes, plan.arena_bytes)
-        unused &= unused_kernels(fsutil.read_json(p.files.plan_json))
+        unused &= unused_kernels(plan_dict)
         models.append({"name": p.model.name, "header": p.files.header.name, "arena_bytes": plan.arena_bytes,
                        "arena_macro": f"{p.symbols.macro}_ARENA_BYTES"})
         harness_models.append({"name": p.model.name, "prefix": p.model.prefix,
@@ -117,12 +117,7 @@ def build_firmware(fw: Firmware) -> None:
         raise FirmwareError(f"firmware {fw.config.name}: kernels {', '.join(twice)} are defined by two models.")
     registry = Registry(fw.config.prefix, tuple(functions))
     gen = _generated_from(fw)
-    target_json = fw.target.tvm_target()
-    if target_json["kind"] == "llvm":
-        fsutil.write_text(f.metadata_ll, emit_metadata_ll(registry, gen, target_json))
-        compile_ll(f.metadata_ll, f.metadata_object)
-    else:
-        fsutil.write_text(f.metadata_c, emit_metadata_c(registry, gen))
+    write_metadata(registry, gen, fw.target.tvm_target(), f)
     common: dict[str, Any] = {"fw": fw.config, "P": sym.macro, "models": models, "header": f.header.name, "gen": gen}
     env = _env()
     fsutil.write_text(f.header, env.get_template("firmware.h.j2").render(guard=sym.include_guard,

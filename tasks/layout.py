@@ -75,14 +75,13 @@ class ModelFiles:
 
 
 @dataclass(frozen=True)
-class PairFiles:
-    """out/<target>/<model>/: every file of one (model, target) pair."""
+class LinkedFiles:
+    """What a pair's folder and a firmware's both hold: a library with its header and metadata module, a test
+    program and its outcome, and the package of the library."""
     dir: Path
-    prefix: str  # the model's C prefix (tasks/naming.py): the header and library are named after it
+    prefix: str  # the C prefix (tasks/naming.py): the header and library are named after it
     backend: str  # "c" or "llvm"
 
-    @property
-    def kernels(self) -> Path: return self.dir / KERNELS_FILE[self.backend]
     @property
     def metadata(self) -> list[Path]: return [self.dir / n for n in METADATA_FILES[self.backend]]
     @property
@@ -91,6 +90,35 @@ class PairFiles:
     def metadata_object(self) -> Path: return self.dir / "metadata.o"
     @property
     def metadata_c(self) -> Path: return self.dir / "metadata.c"
+    @property
+    def header(self) -> Path: return self.dir / f"{self.prefix}.h"
+    @property
+    def harness_c(self) -> Path: return self.dir / "harness.c"
+    @property
+    def obj_dir(self) -> Path: return self.dir / "obj"
+    @property
+    def library(self) -> Path: return self.dir / f"lib{self.prefix}.a"
+    @property
+    def program(self) -> Path: return self.dir / "program.elf"
+    @property
+    def linker_script(self) -> Path: return self.dir / "board.ld"
+    @property
+    def measure_linker_script(self) -> Path: return self.dir / "measure.ld"  # removed after use
+    @property
+    def sizes_json(self) -> Path: return self.dir / "sizes.json"
+    @property
+    def run_log(self) -> Path: return self.dir / "run.log"
+    @property
+    def test_json(self) -> Path: return self.dir / "test.json"  # a firmware's: every model's outcome
+    @property
+    def package_dir(self) -> Path: return self.dir / "package"  # tasks/package.py: an install prefix
+
+
+@dataclass(frozen=True)
+class PairFiles(LinkedFiles):
+    """out/<target>/<model>/: every file of one (model, target) pair."""
+    @property
+    def kernels(self) -> Path: return self.dir / KERNELS_FILE[self.backend]
     @property
     def external_c(self) -> Path: return self.dir / "external.c"
     @property
@@ -108,27 +136,7 @@ class PairFiles:
     @property
     def weights_asm(self) -> Path: return self.dir / "weights.S"
     @property
-    def header(self) -> Path: return self.dir / f"{self.prefix}.h"
-    @property
-    def harness_c(self) -> Path: return self.dir / "harness.c"
-    @property
-    def obj_dir(self) -> Path: return self.dir / "obj"
-    @property
-    def library(self) -> Path: return self.dir / f"lib{self.prefix}.a"
-    @property
-    def program(self) -> Path: return self.dir / "program.elf"
-    @property
-    def linker_script(self) -> Path: return self.dir / "board.ld"
-    @property
-    def measure_linker_script(self) -> Path: return self.dir / "measure.ld"  # removed after use
-    @property
-    def sizes_json(self) -> Path: return self.dir / "sizes.json"
-    @property
     def outputs_npz(self) -> Path: return self.dir / "outputs.npz"
-    @property
-    def run_log(self) -> Path: return self.dir / "run.log"
-    @property
-    def test_json(self) -> Path: return self.dir / "test.json"
     @property
     def bench_json(self) -> Path: return self.dir / "bench.json"
     @property
@@ -144,8 +152,6 @@ class PairFiles:
     @property
     def tune(self) -> TuneFiles: return TuneFiles(self.dir / "tune")
     @property
-    def package_dir(self) -> Path: return self.dir / "package"  # tasks/package.py: an install prefix
-    @property
     def mlf_tar(self) -> Path: return self.dir / f"{self.dir.name}.mlf.tar"  # Model Library Format
 
     def object_for(self, source: Path, crt_dir: Path) -> Path:
@@ -154,45 +160,11 @@ class PairFiles:
 
 
 @dataclass(frozen=True)
-class FirmwareFiles:
+class FirmwareFiles(LinkedFiles):
     """out/<target>/_firmware/<firmware>/: one firmware's library, header and test program (tasks/firmware.py), and
     per model a folder with its executor, outputs and test.json."""
-    dir: Path
-    prefix: str  # the firmware's C prefix
-    backend: str
-
-    @property
-    def header(self) -> Path: return self.dir / f"{self.prefix}.h"
     @property
     def arena_c(self) -> Path: return self.dir / "arena.c"
-    @property
-    def metadata(self) -> list[Path]: return [self.dir / n for n in METADATA_FILES[self.backend]]
-    @property
-    def metadata_c(self) -> Path: return self.dir / "metadata.c"
-    @property
-    def metadata_ll(self) -> Path: return self.dir / "metadata.ll"
-    @property
-    def metadata_object(self) -> Path: return self.dir / "metadata.o"
-    @property
-    def harness_c(self) -> Path: return self.dir / "harness.c"
-    @property
-    def obj_dir(self) -> Path: return self.dir / "obj"
-    @property
-    def library(self) -> Path: return self.dir / f"lib{self.prefix}.a"
-    @property
-    def program(self) -> Path: return self.dir / "program.elf"
-    @property
-    def linker_script(self) -> Path: return self.dir / "board.ld"
-    @property
-    def measure_linker_script(self) -> Path: return self.dir / "measure.ld"  # removed after use
-    @property
-    def sizes_json(self) -> Path: return self.dir / "sizes.json"
-    @property
-    def run_log(self) -> Path: return self.dir / "run.log"
-    @property
-    def test_json(self) -> Path: return self.dir / "test.json"  # every model's outcome
-    @property
-    def package_dir(self) -> Path: return self.dir / "package"
 
     def executor_c(self, model: str) -> Path: return self.dir / model / "executor.c"  # on the shared arena
     def outputs_npz(self, model: str) -> Path: return self.dir / model / "outputs.npz"

@@ -318,6 +318,14 @@ def firmware_test_tasks(pipeline: Pipeline) -> Iterator[dict[str, Any]]:
 
 # --- packages (tasks/package.py) ----------------------------------------------------------------------------------
 
+def _package_task(name: str, doc: str, stage: Stage, arg: Any, target: TargetConfig, reads: list[Path],
+                  writes: list[Path], revision: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "doc": doc, "actions": [_action(stage, arg)],
+            "file_dep": _paths(*reads) + list(deps.code_files(stage.module)) + CRT_FILES, "targets": _paths(*writes),
+            "uptodate": [config_changed({"target": settings(target, "link"), "revision": revision,
+                                         "versions": deps.versions()})], "clean": True}
+
+
 def package_tasks(pipeline: Pipeline) -> Iterator[dict[str, Any]]:
     """Per pair and per firmware: the install tree (CMake, pkg-config, manifest) and, per pair, the MLF tarball. The
     manifest names the crtforge commit, so a new commit repackages."""
@@ -328,26 +336,18 @@ def package_tasks(pipeline: Pipeline) -> Iterator[dict[str, Any]]:
         p = _pair(pipeline, model, target)
         f = p.files
         script = [f.linker_script] if target.board.kind == "bare-metal" else []
-        yield {"name": p.name, "doc": "the pair as a CMake/pkg-config package and a Model Library Format tarball",
-               "actions": [_action(PACKAGE, p)],
-               "file_dep": _paths(f.library, f.header, f.plan_json, f.sizes_json, f.params_npz, f.weights_bin,
-                                  f.kernels, *f.metadata, f.executor_c, f.external_c, f.weights_asm,
-                                  p.model_files.import_json, model.source, *script)
-               + list(deps.code_files(PACKAGE.module)) + CRT_FILES,
-               "targets": _paths(f.package_dir, f.mlf_tar),
-               "uptodate": [config_changed({"target": settings(target, "link"), "revision": revision,
-                                            "versions": deps.versions()})], "clean": True}
+        yield _package_task(p.name, "the pair as a CMake/pkg-config package and a Model Library Format tarball",
+                            PACKAGE, p, target,
+                            [f.library, f.header, f.plan_json, f.sizes_json, f.params_npz, f.weights_bin, f.kernels,
+                             *f.metadata, f.executor_c, f.external_c, f.weights_asm, p.model_files.import_json,
+                             model.source, *script], [f.package_dir, f.mlf_tar], revision)
     for config, target in pipeline.firmware_builds():
         fw = _firmware(pipeline, config, target)
         f = fw.files
         script = [f.linker_script] if target.board.kind == "bare-metal" else []
-        yield {"name": fw.name, "doc": "a firmware as a CMake/pkg-config package",
-               "actions": [_action(PACKAGE_FIRMWARE, fw)],
-               "file_dep": _paths(f.library, f.header, f.sizes_json, *(p.files.header for p in fw.pairs), *script)
-               + list(deps.code_files(PACKAGE_FIRMWARE.module)) + CRT_FILES,
-               "targets": _paths(f.package_dir),
-               "uptodate": [config_changed({"target": settings(target, "link"), "revision": revision,
-                                            "versions": deps.versions()})], "clean": True}
+        yield _package_task(fw.name, "a firmware as a CMake/pkg-config package", PACKAGE_FIRMWARE, fw, target,
+                            [f.library, f.header, f.sizes_json, *(p.files.header for p in fw.pairs), *script],
+                            [f.package_dir], revision)
 
 
 def _name(model: ModelConfig, target: TargetConfig) -> str:

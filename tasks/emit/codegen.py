@@ -333,6 +333,16 @@ def emit_executor(plan: Plan, weights: Weights, sig: ModelSignature, prefix: str
         arena=arena, shared_arena=shared_arena, arena_section=ModelSymbols(prefix).arena_section)
 
 
+def write_metadata(registry: Registry, gen: GeneratedFrom, target_json: dict[str, Any], files: Any) -> None:
+    """The metadata module into `files` (a pair's or a firmware's): metadata.c for the c backend, metadata.ll
+    compiled to metadata.o by TVM's LLVM for llvm."""
+    if target_json["kind"] == "llvm":
+        fsutil.write_text(files.metadata_ll, emit_metadata_ll(registry, gen, target_json))
+        compile_ll(files.metadata_ll, files.metadata_object)
+    else:
+        fsutil.write_text(files.metadata_c, emit_metadata_c(registry, gen))
+
+
 def codegen_pair(p: Pair) -> None:
     """Stage 4: the metadata module (metadata.c, or metadata.ll and metadata.o), executor.c, the weights (weights.bin
     and weights.S) and the model header."""
@@ -346,12 +356,7 @@ def codegen_pair(p: Pair) -> None:
     missing = sorted(set(plan.kernels) - {e.name for e in registry.functions})
     if missing:
         raise CodegenError(f"kernels called by the plan but defined by no module: {', '.join(missing)}")
-    target_json = p.target.tvm_target()
-    if target_json["kind"] == "llvm":
-        fsutil.write_text(f.metadata_ll, emit_metadata_ll(registry, gen, target_json))
-        compile_ll(f.metadata_ll, f.metadata_object)
-    else:
-        fsutil.write_text(f.metadata_c, emit_metadata_c(registry, gen))
+    write_metadata(registry, gen, p.target.tvm_target(), f)
     weights = weights_of(plan, params, classification, p.model.prefix, gen, f.weights_bin.name)
     fsutil.write_bytes(f.weights_bin, weights.blob)
     fsutil.write_text(f.weights_asm, weights.asm)
