@@ -146,6 +146,14 @@ class PairFiles(LinkedFiles):
     @property
     def timing_program(self) -> Path: return self.dir / "timing.elf"
     @property
+    def profile_dir(self) -> Path: return self.dir / "profile"  # tasks/bench/profile.py: the marked program
+    @property
+    def profile_object(self) -> Path: return self.profile_dir / "executor.o"
+    @property
+    def profile_program(self) -> Path: return self.profile_dir / "program.elf"
+    @property
+    def profile_json(self) -> Path: return self.dir / "profile.json"
+    @property
     def callgrind_out(self) -> Path: return self.dir / "callgrind.out"
     @property
     def result_json(self) -> Path: return self.dir / "result.json"  # conformance: the pair's outcome

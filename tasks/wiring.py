@@ -505,15 +505,16 @@ def bench_tasks(pipeline: Pipeline) -> Iterator[dict[str, Any]]:
     for model, target in pipeline.pairs():
         p = _pair(pipeline, model, target)
         f = p.files
-        timing = [f.timing_c, f.timing_object, f.timing_program] if target.runner == "native" else []
+        timing = ([f.timing_c, f.timing_object, f.timing_program] if target.runner == "native"
+                  else [f.profile_object, f.profile_program, f.profile_json])
         reports.append(f.bench_json)
         yield {"basename": "bench-pair", "name": p.name,
                "doc": "instructions per inference, sizes split, arena against its lower bound (and wall time on the host)",
                "actions": [_action(bench.bench_pair, p, plugin)],
                "file_dep": _paths(f.program, f.plan_json, f.sizes_json, p.model_files.import_json,
-                                  f.classification_json, f.library, p.model_files.inputs_npz, plugin,
+                                  f.classification_json, f.library, p.model_files.inputs_npz, plugin, f.executor_c,
                                   *([f.tune.summary_json] if target.tune else []))
-               + list(deps.code_files("tasks.bench.measure")) + CRT_FILES,
+               + list(deps.code_files("tasks.bench.measure", "tasks.bench.profile")) + CRT_FILES,
                "targets": _paths(f.bench_json, *timing), "uptodate": _uptodate("bench", model, target),
                "clean": True}
     peers = {}

@@ -113,3 +113,23 @@ def test_a_tuned_pair_is_compared_with_the_same_build_untuned():
     line = _tuning_lines([c])[-2]
     assert line.startswith("| m4-tuned | m | m4 | 3,000 | 1,500 | 3.00 | 1.50 | n/a | n/a | 96 | 120.5 | 5,000 |")
     assert line.endswith("fused_matmul 900 → 300 |")
+
+
+def test_per_kernel_profile_sums_to_the_inference_on_qemu(benched):
+    root, pipeline_file, _ = benched
+    pipeline = load_pipeline(pipeline_file)
+    for model in ("sine", "conv2d"):
+        p = Pair.at(PipelineFiles(pipeline.out), pipeline.models[model], pipeline.targets["cortex-m4"], pipeline.file)
+        profile = fsutil.read_json(p.files.profile_json)
+        plan = fsutil.read_json(p.files.plan_json)
+        bench = fsutil.read_json(p.files.bench_json)
+        assert [c["kernel"] for c in profile["calls"]] == [c["kernel"] for c in plan["calls"]]
+        pieces = profile["entry"] + profile["exit"] + sum(c["instructions"] for c in profile["calls"])
+        assert pieces == profile["instructions"]  # exact: no gap between marks
+        # Each mark costs a call and a return: a few instructions, whatever the model.
+        assert 0 < profile["instructions"] - bench["instructions"] <= 6 * (len(plan["calls"]) + 1)
+        assert all(c["instructions"] > 0 for c in profile["calls"])
+        assert profile["program_sha256"] == fsutil.sha256_file(p.files.profile_program)
+    assert "## Per-kernel profile (qemu targets)" in (root / "out" / "bench.md").read_text()
+    host = fsutil.read_json(root / "out" / "host" / "sine" / "bench.json")
+    assert host["kernel_profile"] is None  # native runs are counted by callgrind, not split per call yet

@@ -13,6 +13,10 @@
  * restarts it; a stop with none open is ignored. One counter: a single vCPU/thread is assumed.
  *
  * At exit: "crtforge-insns <sum over regions> regions=<n>" and "crtforge-insns-total <all insns>".
+ *
+ * With mark=0xADDR too (the profile build's crtforge_profile_mark), `total` is also sampled at every entry of
+ * that function while a region is open, and the last region's samples are printed at exit as
+ * "crtforge-marks <start> <mark>... <stop>": differences of neighbours split the region without a gap.
  */
 #include <inttypes.h>
 #include <stdio.h>
@@ -28,11 +32,28 @@ static uint64_t total;      /* every instruction executed, bumped inline */
 static uint64_t opened_at;  /* `total` when the open region started */
 static bool open_region;
 static uint64_t region_sum, regions;
+static uint64_t mark_addr;
+static bool have_mark;
+#define MAX_MARKS 4096
+static uint64_t marks[MAX_MARKS], region_marks[MAX_MARKS + 2];
+static size_t n_marks, n_region_marks;
+static bool marks_overflowed;
 
 static void on_start(unsigned int vcpu, void *udata) {
   (void)vcpu, (void)udata;
   opened_at = total;
   open_region = true;
+  n_marks = 0;
+}
+
+static void on_mark(unsigned int vcpu, void *udata) {
+  (void)vcpu, (void)udata;
+  if (!open_region) return;
+  if (n_marks == MAX_MARKS) {
+    marks_overflowed = true;
+    return;
+  }
+  marks[n_marks++] = total;
 }
 
 static void on_stop(unsigned int vcpu, void *udata) {
@@ -41,6 +62,11 @@ static void on_stop(unsigned int vcpu, void *udata) {
   region_sum += total - opened_at - 1;
   regions++;
   open_region = false;
+  /* Shifted like the region's count: the start sample plus 1, so that neighbours' differences sum to it. */
+  n_region_marks = 0;
+  region_marks[n_region_marks++] = opened_at + 1;
+  for (size_t i = 0; i < n_marks; i++) region_marks[n_region_marks++] = marks[i];
+  region_marks[n_region_marks++] = total;
 }
 
 static void on_translate(qemu_plugin_id_t id, struct qemu_plugin_tb *tb) {
@@ -51,6 +77,8 @@ static void on_translate(qemu_plugin_id_t id, struct qemu_plugin_tb *tb) {
     qemu_plugin_register_vcpu_insn_exec_inline(insn, QEMU_PLUGIN_INLINE_ADD_U64, &total, 1);
     if (pc == start_addr) qemu_plugin_register_vcpu_insn_exec_cb(insn, on_start, QEMU_PLUGIN_CB_NO_REGS, NULL);
     if (pc == stop_addr) qemu_plugin_register_vcpu_insn_exec_cb(insn, on_stop, QEMU_PLUGIN_CB_NO_REGS, NULL);
+    if (have_mark && pc == mark_addr)
+      qemu_plugin_register_vcpu_insn_exec_cb(insn, on_mark, QEMU_PLUGIN_CB_NO_REGS, NULL);
   }
 }
 
@@ -60,6 +88,17 @@ static void on_exit_report(qemu_plugin_id_t id, void *udata) {
   snprintf(line, sizeof line, "crtforge-insns %" PRIu64 " regions=%" PRIu64 "\ncrtforge-insns-total %" PRIu64 "\n",
            region_sum, regions, total);
   qemu_plugin_outs(line);
+  if (!have_mark) return;
+  if (marks_overflowed) {
+    qemu_plugin_outs("crtforge-marks-overflow\n");
+    return;
+  }
+  qemu_plugin_outs("crtforge-marks");
+  for (size_t i = 0; i < n_region_marks; i++) {
+    snprintf(line, sizeof line, " %" PRIu64, region_marks[i]);
+    qemu_plugin_outs(line);
+  }
+  qemu_plugin_outs("\n");
 }
 
 QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_t *info, int argc, char **argv) {
@@ -68,8 +107,9 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_
   for (int i = 0; i < argc; i++) {
     if (strncmp(argv[i], "start=", 6) == 0) start_addr = strtoull(argv[i] + 6, NULL, 16), have_start = true;
     else if (strncmp(argv[i], "stop=", 5) == 0) stop_addr = strtoull(argv[i] + 5, NULL, 16), have_stop = true;
+    else if (strncmp(argv[i], "mark=", 5) == 0) mark_addr = strtoull(argv[i] + 5, NULL, 16), have_mark = true;
     else {
-      fprintf(stderr, "crtforge_insns: unknown argument '%s' (want start=0xADDR,stop=0xADDR)\n", argv[i]);
+      fprintf(stderr, "crtforge_insns: unknown argument '%s' (want start=0xADDR,stop=0xADDR[,mark=0xADDR])\n", argv[i]);
       return -1;
     }
   }

@@ -219,6 +219,15 @@ def bench_pair(p: Pair, plugin: Path) -> dict[str, Any]:
     macs = fsutil.read_json(p.model_files.import_json).get("macs", 0)
     const_vars = {c for m in fsutil.read_json(f.classification_json)["modules"] for c in m["const_vars"]}
     count, stack = instructions(p, plugin)
+    profile = None
+    if p.target.runner != "native":
+        from tasks.bench.profile import profile_pair
+
+        marked = profile_pair(p, plugin)
+        profile = {"instructions": marked.instructions, "marked_over_plain": round(marked.instructions / count, 5),
+                   "entry": marked.entry, "exit": marked.exit, "calls": len(marked.calls),
+                   "top": [{"index": c.index, "kernel": c.kernel, "binding": c.binding,
+                            "instructions": c.instructions, "share": c.share} for c in marked.top()]}
     workspace = max((s["nbytes"] for s in plan["storages"] if s["kind"] == "workspace"), default=0)
     result = {
         "target": p.target.name, "model": p.model.name, "profile": p.target.profile, "backend": p.target.backend,
@@ -234,6 +243,7 @@ def bench_pair(p: Pair, plugin: Path) -> dict[str, Any]:
         "arena_ratio": round(plan["arena_bytes"] / plan["arena_lower_bound"], 4) if plan["arena_lower_bound"] else 1.0,
         "workspace_peak": workspace, "stack_high_water": stack, "stack_reserved": sizes["stack_bytes"],
         "wall_ns": host_wall_ns(p) if p.target.runner == "native" else None,
+        "kernel_profile": profile,  # per-kernel instructions of the marked program (profile.json), under qemu
     }
     fsutil.write_json(f.bench_json, result)
     return result
@@ -381,6 +391,7 @@ def _markdown(results, comparisons, profiles, tuning=()) -> str:
         lines.append("")
     if tuning:
         lines += _tuning_lines(tuning)
+    lines += _profile_lines(results)
     lines += ["## Peers, measured in the same run", "",
               "Our fastest host target for each model (its release builds that run natively), the others beside it.",
               "",
@@ -404,6 +415,27 @@ def _markdown(results, comparisons, profiles, tuning=()) -> str:
         lines.append(f"| {p['target']} | {p['model']} | {_fmt(p['release_flash'])} | {_fmt(p['debug_flash'])} | "
                      f"{_fmt(p['release_model_flash'])} | {_fmt(p['debug_model_flash'])} |")
     return "\n".join(lines) + "\n"
+
+
+def _profile_lines(results: list[dict[str, Any]]) -> list[str]:
+    """The three costliest kernel calls of each pair under qemu (profile.json has every call)."""
+    rows = [r for r in results if r.get("kernel_profile")]
+    if not rows:
+        return []
+    lines = ["## Per-kernel profile (qemu targets)", "",
+             "Instructions of each kernel call, counted between marks before each call in a build of the executor "
+             "with `-DCRTFORGE_PROFILE` (`<pair>/profile.json` lists every call). `marked / plain` is that build's "
+             "inference against the pair's own program: what the marks cost.", "",
+             "| target | model | instructions (marked) | marked / plain | calls | top 1 | top 2 | top 3 |",
+             "|---|---|---:|---:|---:|---|---|---|"]
+    for r in rows:
+        prof = r["kernel_profile"]
+        top = [f"#{c['index']} {c['kernel'].removeprefix(r['model'].replace('-', '_') + '_')} "
+               f"{100 * c['share']:.1f} %" for c in prof["top"]]
+        top += ["-"] * (3 - len(top))
+        lines.append(f"| {r['target']} | {r['model']} | {_fmt(prof['instructions'])} | "
+                     f"{prof['marked_over_plain']:.5f} | {prof['calls']} | {' | '.join(top)} |")
+    return lines + [""]
 
 
 def _plot(target: str, rows: list[dict[str, Any]], plot_dir: Path) -> Path:

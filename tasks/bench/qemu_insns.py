@@ -20,6 +20,7 @@ from tasks.errors import CrtforgeError
 
 PLUGIN_SOURCE = PROJECT_ROOT / "bench" / "plugin" / "crtforge_insns.c"
 _RESULT = re.compile(r"crtforge-insns (\d+) regions=(\d+)")
+_MARKS = re.compile(r"^crtforge-marks((?: \d+)*)$", re.M)
 
 
 class QemuInsnsError(CrtforgeError):
@@ -46,8 +47,8 @@ def build_plugin(out_dir: Path) -> Path:
     return out
 
 
-def marker_addresses(elf: Path, start: str, stop: str) -> tuple[int, int]:
-    """Addresses of the two marker functions' first instructions, from the ELF symbol table."""
+def marker_addresses(elf: Path, *names: str) -> tuple[int, ...]:
+    """Addresses of the marker functions' first instructions, from the ELF symbol table."""
     with elf.open("rb") as f:
         elffile = ELFFile(f)
         symtab = elffile.get_section_by_name(".symtab")
@@ -56,19 +57,42 @@ def marker_addresses(elf: Path, start: str, stop: str) -> tuple[int, int]:
         # On Arm, bit 0 of a function symbol marks Thumb code; the instruction itself is at the even address.
         thumb_bit = 1 if elffile["e_machine"] == "EM_ARM" else 0
         addrs = []
-        for name in (start, stop):
+        for name in names:
             syms = [s for s in symtab.get_symbol_by_name(name) or [] if s["st_info"]["type"] == "STT_FUNC"]
             if not syms:
                 raise QemuInsnsError(f"{elf}: no function '{name}'. HINT: define it __attribute__((noinline)) "
                                      f"with an `__asm__ volatile(\"\")` body so it is not optimised away")
             addrs.append(syms[0]["st_value"] & ~thumb_bit)
-    return addrs[0], addrs[1]
+    return tuple(addrs)
 
 
 def count_instructions(run_argv: list[str], plugin: Path, start: int, stop: int,
                        timeout: float) -> tuple[int, int, str]:
     """Run `run_argv` (a qemu command line) with the plugin; return (instructions in all regions, regions, the
-    program's standard output).
+    program's standard output)."""
+    count, regions, stdout, _ = _count(run_argv, [f"start={start:#x}", f"stop={stop:#x}"], plugin, timeout)
+    return count, regions, stdout
+
+
+def count_between_marks(run_argv: list[str], plugin: Path, start: int, stop: int, mark: int,
+                        timeout: float) -> tuple[int, list[int], str]:
+    """Like count_instructions for a program with one region, also split at each entry of the function at
+    `mark`: (the region's instructions, the instructions of each piece in order, stdout). The pieces sum to the
+    region's count exactly: before the first mark, between marks, and after the last."""
+    count, regions, stdout, stderr = _count(run_argv, [f"start={start:#x}", f"stop={stop:#x}", f"mark={mark:#x}"],
+                                            plugin, timeout)
+    found = _MARKS.findall(stderr)
+    if regions != 1 or not found:
+        raise QemuInsnsError(f"expected one measured region with marks, the plugin saw {regions} regions"
+                             + ("" if found else " and no 'crtforge-marks' line (more than 4096 marks?)"))
+    samples = [int(x) for x in found[-1].split()]
+    pieces = [b - a for a, b in zip(samples, samples[1:])]
+    assert sum(pieces) == count, (pieces, count)
+    return count, pieces, stdout
+
+
+def _count(run_argv: list[str], options: list[str], plugin: Path, timeout: float) -> tuple[int, int, str, str]:
+    """The plugin's run with `options`: (instructions in all regions, regions, stdout, stderr).
 
     qemu 7.2's qemu_plugin_outs writes to qemu's log, which is silent unless the "plugin" log item is on,
     so `-d plugin` is added (merged into an existing `-d`): the log then goes to stderr (no -D given).
@@ -80,7 +104,7 @@ def count_instructions(run_argv: list[str], plugin: Path, start: int, stop: int,
         log = []
     else:
         log = ["-d", "plugin"]
-    argv[1:1] = [*log, "-plugin", f"{plugin},start={start:#x},stop={stop:#x}"]
+    argv[1:1] = [*log, "-plugin", ",".join([str(plugin), *options])]
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as e:
@@ -91,4 +115,4 @@ def count_instructions(run_argv: list[str], plugin: Path, start: int, stop: int,
         tail = "\n".join(proc.stderr.strip().splitlines()[-10:])
         raise QemuInsnsError(f"counting instructions failed ({what}): {' '.join(argv)}\n{tail}")
     count, regions = matches[-1]
-    return int(count), int(regions), proc.stdout
+    return int(count), int(regions), proc.stdout, proc.stderr

@@ -81,7 +81,7 @@ def _run(argv: list[str], what: str) -> None:
 
 
 def compile_c(target: TargetConfig, source: Path, obj: Path, include_dirs: list[Path],
-              warnings: tuple[str, ...] = OWN_WARNINGS) -> None:
+              warnings: tuple[str, ...] = OWN_WARNINGS, defines: tuple[str, ...] = ()) -> None:
     cc = require_tool(target.toolchain, target.toolchain.cc)
     obj.parent.mkdir(parents=True, exist_ok=True)
     tmp = obj.with_name(f".{obj.name}.tmp")
@@ -91,7 +91,7 @@ def compile_c(target: TargetConfig, source: Path, obj: Path, include_dirs: list[
     # An assembler file's .incbin names its blob relative to its own folder (weights.S, weights.bin).
     incbin = [f"-Wa,-I{source.parent}"] if source.suffix == ".S" else []
     argv = [cc, *target.cflags(kernel=source in CRT_KERNEL_SOURCES), *warnings, *maps, *incbin,
-            *[f"-I{d}" for d in include_dirs], "-c", str(source), "-o", str(tmp)]
+            *[f"-I{d}" for d in include_dirs], *[f"-D{d}" for d in defines], "-c", str(source), "-o", str(tmp)]
     try:
         _run(argv, f"compiling {source.name}")
         tmp.replace(obj)

@@ -38,6 +38,16 @@ void crtforge_workspace_init(void* base, size_t size);
  * external codegens' functions (external.c) read their arguments. */
 DLTensor* crtforge_arg_tensor(const TVMFFIAny* arg);
 
+/* Per-kernel profile (tasks/bench/profile.py): an executor compiled with -DCRTFORGE_PROFILE calls
+ * crtforge_profile_mark(i) before its kernel call i and once after the last, so that an instruction counter can
+ * split one inference at these entries. The test harness defines it; in every other build the mark is nothing. */
+#ifdef CRTFORGE_PROFILE
+void crtforge_profile_mark(uint32_t call);
+#define CRTFORGE_PROFILE_MARK(call) crtforge_profile_mark(call)
+#else
+#define CRTFORGE_PROFILE_MARK(call) ((void)0)
+#endif
+
 #ifdef __cplusplus
 }
 #endif
