@@ -15,7 +15,7 @@
  * At exit: "crtforge-insns <sum over regions> regions=<n>" and "crtforge-insns-total <all insns>".
  *
  * With mark=0xADDR too (the profile build's crtforge_profile_mark), `total` is also sampled at every entry of
- * that function while a region is open, and the last region's samples are printed at exit as
+ * that function while a region is open, and each region's samples are printed when it closes as
  * "crtforge-marks <start> <mark>... <stop>": differences of neighbours split the region without a gap.
  */
 #include <inttypes.h>
@@ -35,15 +35,16 @@ static uint64_t region_sum, regions;
 static uint64_t mark_addr;
 static bool have_mark;
 #define MAX_MARKS 4096
-static uint64_t marks[MAX_MARKS], region_marks[MAX_MARKS + 2];
-static size_t n_marks, n_region_marks;
-static bool marks_overflowed;
+static uint64_t marks[MAX_MARKS];
+static size_t n_marks;
+static bool marks_overflowed;  /* in the open region */
 
 static void on_start(unsigned int vcpu, void *udata) {
   (void)vcpu, (void)udata;
   opened_at = total;
   open_region = true;
   n_marks = 0;
+  marks_overflowed = false;
 }
 
 static void on_mark(unsigned int vcpu, void *udata) {
@@ -62,11 +63,21 @@ static void on_stop(unsigned int vcpu, void *udata) {
   region_sum += total - opened_at - 1;
   regions++;
   open_region = false;
-  /* Shifted like the region's count: the start sample plus 1, so that neighbours' differences sum to it. */
-  n_region_marks = 0;
-  region_marks[n_region_marks++] = opened_at + 1;
-  for (size_t i = 0; i < n_marks; i++) region_marks[n_region_marks++] = marks[i];
-  region_marks[n_region_marks++] = total;
+  if (!have_mark) return;
+  if (marks_overflowed) {
+    qemu_plugin_outs("crtforge-marks-overflow\n");
+    return;
+  }
+  /* The start sample shifted like the region's count (plus 1), so that neighbours' differences sum to it. */
+  char sample[32];
+  snprintf(sample, sizeof sample, "crtforge-marks %" PRIu64, opened_at + 1);
+  qemu_plugin_outs(sample);
+  for (size_t i = 0; i < n_marks; i++) {
+    snprintf(sample, sizeof sample, " %" PRIu64, marks[i]);
+    qemu_plugin_outs(sample);
+  }
+  snprintf(sample, sizeof sample, " %" PRIu64 "\n", total);
+  qemu_plugin_outs(sample);
 }
 
 static void on_translate(qemu_plugin_id_t id, struct qemu_plugin_tb *tb) {
@@ -88,17 +99,6 @@ static void on_exit_report(qemu_plugin_id_t id, void *udata) {
   snprintf(line, sizeof line, "crtforge-insns %" PRIu64 " regions=%" PRIu64 "\ncrtforge-insns-total %" PRIu64 "\n",
            region_sum, regions, total);
   qemu_plugin_outs(line);
-  if (!have_mark) return;
-  if (marks_overflowed) {
-    qemu_plugin_outs("crtforge-marks-overflow\n");
-    return;
-  }
-  qemu_plugin_outs("crtforge-marks");
-  for (size_t i = 0; i < n_region_marks; i++) {
-    snprintf(line, sizeof line, " %" PRIu64, region_marks[i]);
-    qemu_plugin_outs(line);
-  }
-  qemu_plugin_outs("\n");
 }
 
 QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_t *info, int argc, char **argv) {

@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -226,8 +227,7 @@ def bench_pair(p: Pair, plugin: Path) -> dict[str, Any]:
         marked = profile_pair(p, plugin)
         profile = {"instructions": marked.instructions, "marked_over_plain": round(marked.instructions / count, 5),
                    "entry": marked.entry, "exit": marked.exit, "calls": len(marked.calls),
-                   "top": [{"index": c.index, "kernel": c.kernel, "binding": c.binding,
-                            "instructions": c.instructions, "share": c.share} for c in marked.top()]}
+                   "top": [asdict(c) for c in marked.top()]}
     workspace = max((s["nbytes"] for s in plan["storages"] if s["kind"] == "workspace"), default=0)
     result = {
         "target": p.target.name, "model": p.model.name, "profile": p.target.profile, "backend": p.target.backend,

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from tasks import fsutil
+from tasks.bench.qemu_insns import QemuInsnsError, count_between_marks, marker_addresses
 from tasks.pair import Pair
 
-TOP = 3  # kernels named in bench.md and the report
+TOP = 3  # kernels named in bench.md
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ def profile_from_pieces(p: Pair, plan: dict[str, Any], pieces: list[int], progra
     """The profile from the plugin's pieces: before the first mark, one per call, after the last."""
     calls = plan["calls"]
     if len(pieces) != len(calls) + 2:
-        raise ValueError(f"{program}: {len(pieces) - 1} marks for {len(calls)} calls (want one more than calls)")
+        raise QemuInsnsError(f"{program}: {len(pieces) - 1} marks for {len(calls)} calls (want one more than calls)")
     total = sum(pieces)
     costs = [CallCost(i, c["kernel"], c["binding"], n, round(n / total, 4))
              for i, (c, n) in enumerate(zip(calls, pieces[1:-1]))]
@@ -72,7 +73,6 @@ def profile_from_pieces(p: Pair, plan: dict[str, Any], pieces: list[int], progra
 
 def profile_pair(p: Pair, plugin: Path) -> Profile:
     """Build and run the marked program under qemu; write profile.json."""
-    from tasks.bench.qemu_insns import count_between_marks, marker_addresses
     from tasks.execute.run import runner_argv
 
     program = build_profile_program(p)
