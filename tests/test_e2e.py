@@ -89,6 +89,9 @@ def test_contract_files(project, target, model):
     else:  # every tensor is the input, a weight or computed in the output buffer
         assert "No intermediate tensors: no arena." in executor and f"{model}_arena" not in executor
     assert "malloc" not in executor and "extern const float" in executor  # the weights: linked data (weights.S)
+    # Each call names the source op it computes: the ONNX files' nodes have no names, so their types and indices.
+    source = {"sine": "FULLY_CONNECTED (operator 0)", "conv2d": "Conv (node 0)", "convtranspose2d": "ConvTranspose (node 0)"}
+    assert f"/* call 0, from {source[model]} */" in executor
     assert '.incbin "weights.bin", 0, ' in (d / "weights.S").read_text()
     assert f"int32_t {model}_run(const {model}_inputs_t* inputs, {model}_outputs_t* outputs)" in (
         d / f"{model}.h").read_text()

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from tasks import fsutil
+from tasks.bench.profile import describe_top
 from tasks.errors import CrtforgeError
 from tasks.config import Memory
 from tasks.toolchain.link import in_ram
@@ -430,8 +431,7 @@ def _profile_lines(results: list[dict[str, Any]]) -> list[str]:
              "|---|---|---:|---:|---:|---|---|---|"]
     for r in rows:
         prof = r["kernel_profile"]
-        top = [f"#{c['index']} {c['kernel'].removeprefix(r['model'].replace('-', '_') + '_')} "
-               f"{100 * c['share']:.1f} %" for c in prof["top"]]
+        top = describe_top(prof, r["model"])
         top += ["-"] * (3 - len(top))
         lines.append(f"| {r['target']} | {r['model']} | {_fmt(prof['instructions'])} | "
                      f"{prof['marked_over_plain']:.5f} | {prof['calls']} | {' | '.join(top)} |")

@@ -26,6 +26,7 @@ class CallCost:
     index: int  # the plan's call number (the executor's CRTFORGE_PROFILE_MARK argument)
     kernel: str
     binding: str  # the Relax binding the call came from
+    source_ops: tuple[str, ...]  # the source model's ops (ONNX nodes, TFLite operators) it computes
     instructions: int
     share: float  # of the profiled inference
 
@@ -47,6 +48,16 @@ class Profile:
         return {**asdict(self), "top": [c.index for c in self.top()]}
 
 
+def describe_top(kernel_profile: dict[str, Any] | None, model: str) -> list[str]:
+    """The costliest calls of bench.json's `kernel_profile`, for tables: call number, kernel, source ops, share."""
+    if not kernel_profile:
+        return []
+    prefix = model.replace("-", "_") + "_"
+    return [f"#{c['index']} {c['kernel'].removeprefix(prefix)}"
+            f"{' (' + ', '.join(c['source_ops']) + ')' if c['source_ops'] else ''} {100 * c['share']:.1f} %"
+            for c in kernel_profile["top"]]
+
+
 def build_profile_program(p: Pair) -> Path:
     """The pair's test program with its executor compiled with -DCRTFORGE_PROFILE: the marked object comes
     first on the link line, so the library's own executor is never pulled in."""
@@ -66,7 +77,7 @@ def profile_from_pieces(p: Pair, plan: dict[str, Any], pieces: list[int], progra
     if len(pieces) != len(calls) + 2:
         raise QemuInsnsError(f"{program}: {len(pieces) - 1} marks for {len(calls)} calls (want one more than calls)")
     total = sum(pieces)
-    costs = [CallCost(i, c["kernel"], c["binding"], n, round(n / total, 4))
+    costs = [CallCost(i, c["kernel"], c["binding"], tuple(c["source_ops"]), n, round(n / total, 4))
              for i, (c, n) in enumerate(zip(calls, pieces[1:-1]))]
     return Profile(p.target.name, p.model.name, fsutil.sha256_file(program), total, pieces[0], pieces[-1], costs)
 

@@ -680,6 +680,7 @@ def _called(main) -> list[Any]:
 class Partitioned:
     mod: Any
     kernels: list[Int8Kernel] = field(default_factory=list)
+    functions: dict[str, Any] = field(default_factory=dict)  # each symbol's Relax function, for its source ops
 
     @property
     def workspace(self) -> dict[str, int]:
@@ -704,6 +705,7 @@ def partition(mod, prefix: str, wide_weights: bool = False, rounding: qz.Roundin
                 for name, pat in _patterns()]
     mod = relax.transform.FuseOpsByPattern(patterns, bind_constants=True, annotate_codegen=True)(mod)
     kernels = []
+    functions = {}
     matched = [(gv, f) for gv, f in mod.functions.items() if f.attrs is not None and f.attrs.get("Codegen") == CODEGEN]
     # In the order main calls them, so that the C functions are numbered as the model's ops run.
     order = {gv.name_hint: i for i, gv in enumerate(_called(mod["main"]))}
@@ -711,9 +713,10 @@ def partition(mod, prefix: str, wide_weights: bool = False, rounding: qz.Roundin
     for index, (gv, func) in enumerate(matched):
         symbol = ModelSymbols(prefix).int8_op(_composite(func)[0], index)
         mod[gv] = func.with_attr("global_symbol", symbol)
+        functions[symbol] = func
         kernels.append(describe(func, symbol, wide_weights, rounding))
         described[symbol] = kernels[-1]
     if not kernels:
         return Partitioned(mod)
-    return Partitioned(relax.transform.RunCodegen()(mod), kernels)
+    return Partitioned(relax.transform.RunCodegen()(mod), kernels, functions)
 

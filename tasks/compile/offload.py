@@ -198,6 +198,7 @@ class Offloaded:
     mod: Any
     constants: dict[str, np.ndarray] = field(default_factory=dict)  # the packed weights, by the name C uses
     workspace: dict[str, int] = field(default_factory=dict)        # bytes of scratch, by offloaded function
+    functions: dict[str, Any] = field(default_factory=dict)  # each offloaded function, for its source ops
 
 
 def partition(mod, prefix: str, codegens: tuple[str, ...]) -> Offloaded:
@@ -226,9 +227,11 @@ def partition(mod, prefix: str, codegens: tuple[str, ...]) -> Offloaded:
                 (f"{_CODEGEN}.conv2d_bias", *_conv_pattern(False), _conv_supported),
                 (f"{_CODEGEN}.dense_bias", pattern, annotations, _supported)]
     mod = relax.transform.FuseOpsByPattern(patterns, bind_constants=True, annotate_codegen=True)(mod)
+    functions = {}
     for gv, func in list(mod.functions.items()):
         if func.attrs is not None and "Codegen" in func.attrs:
             # Prefixed per model, like the kernels, so two models can share a binary.
+            functions[f"{prefix}_{gv.name_hint}"] = func
             mod[gv] = func.with_attr("global_symbol", f"{prefix}_{gv.name_hint}")
     mod = relax.transform.RunCodegen()(mod)
     if found.constants:
@@ -236,7 +239,7 @@ def partition(mod, prefix: str, codegens: tuple[str, ...]) -> Offloaded:
         constants = dict(mod.attrs["const_name_to_constant"].items())
         constants.update({name: tvm.runtime.tensor(a) for name, a in found.constants.items()})
         mod = mod.with_attr("const_name_to_constant", constants)
-    return Offloaded(mod, found.constants, found.workspace)
+    return Offloaded(mod, found.constants, found.workspace, functions)
 
 
 def external_modules(mod) -> tuple[list, dict[str, np.ndarray]]:

@@ -59,6 +59,7 @@ class Call:
     binding: str  # the Relax binding it came from, for comments
     step: int  # position in the lowered main, the clock of storage lifetimes
     workspace: int | None = None  # storage id of its workspace, if the kernel asks for one
+    source_ops: list[str] = field(default_factory=list)  # the source model's ops it computes (frontend/sources.py)
 
 
 @dataclass

@@ -21,7 +21,8 @@ from tasks.compile.plan import (ARENA_ALIGN, HOME_ARENA, HOME_CONST, HOME_INPUT,
                                 STORAGE_WORKSPACE, Call, Constant, Plan, Storage, Tensor, TuningUse, lower_bound,
                                 plan_arena)
 from tasks.errors import CrtforgeError
-from tasks.frontend.importer import ModelSignature, load_relax, read_signature
+from tasks.frontend.importer import ModelSignature, load_relax_with_sources, read_signature
+from tasks.frontend.sources import SourceOps, call_sources, function_sources, match_calls
 from tasks.layout import PairFiles
 from tasks.pair import Pair
 
@@ -58,29 +59,37 @@ def make_target(target_json: dict[str, Any], where: str):
         raise BuildError(f"{where}: TVM rejects the target {target_json}: {first}") from None
 
 
-def fuse(mod, profile: str = "release"):
-    """The Relax module whose TIR functions become the kernels: release fuses ops into fewer kernels; both
-    profiles fold constants first, or a TFLite dense layer's weight transpose would run on the device, into the
-    arena (1 MB of RAM for a 512x512 layer). The tuning stage (tasks/compile/tune.py) tunes exactly these."""
+def group(mod, profile: str = "release"):
+    """The ops grouped as the kernels will compute them: release fuses ops into fewer kernels (Relax functions,
+    each made one kernel by FuseTIR); both profiles fold constants first, or a TFLite dense layer's weight
+    transpose would run on the device, into the arena (1 MB of RAM for a 512x512 layer). The groups' inner
+    bindings keep the import's names, which name the source ops (tasks/frontend/sources.py)."""
     import tvm
     from tvm import relax
 
     if profile == "release":
         return tvm.transform.Sequential([
             relax.transform.DecomposeOpsForInference(), relax.transform.LegalizeOps(),
-            relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(), relax.transform.FuseOps(),
-            relax.transform.FuseTIR()])(mod)
+            relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(), relax.transform.FuseOps()])(mod)
     return relax.transform.FoldConstant()(mod)
 
 
-def lower(mod, target, profile: str = "release", records: Path | None = None):
+def fuse(grouped, profile: str = "release"):
+    """The Relax module whose TIR functions become the kernels, from `group`'s. The tuning stage
+    (tasks/compile/tune.py) tunes exactly these."""
+    from tvm import relax
+
+    return relax.transform.FuseTIR()(grouped) if profile == "release" else grouped
+
+
+def lower(grouped, target, profile: str = "release", records: Path | None = None):
     """Relax's default pipeline, to a straight-line `main`; with `records` (a MetaSchedule database folder,
     tasks/compile/tune.py), each kernel that has a tuning record takes its best schedule first. Returns the
     lowered module and, with records, which kernels they scheduled (plan.TuningUse)."""
     import tvm
     from tvm import relax
 
-    mod = fuse(mod, profile)
+    mod = fuse(grouped, profile)
     use = None
     with target:
         if records is not None:
@@ -335,22 +344,36 @@ def add_workspaces(plan: Plan, workspace: dict[str, int]) -> None:
             plan.storages.append(Storage(call.workspace, nbytes, call.step, call.step, kind=STORAGE_WORKSPACE))
 
 
-def prepare(source: Path, prefix: str, offload: tuple[str, ...] = (), arm_dsp: bool = False):
-    """The model's Relax module with its int8 and offloaded ops partitioned out: (the int8 partition, the offload
-    partition, whose `mod` goes on to TVM). The build and the tuning stage start from the same module."""
+@dataclass(frozen=True)
+class Prepared:
+    """The model's Relax module with its int8 and offloaded ops partitioned out: the int8 partition, the offload
+    partition (whose `mod` goes on to TVM), and where the import's bindings came from in the source model."""
+    integer: Any
+    offloaded: Any
+    sources: SourceOps
+
+    def external_sources(self) -> dict[str, tuple[str, ...]]:
+        """The source ops of each function the int8 and offload partitions made, by symbol."""
+        functions = {**self.integer.functions, **self.offloaded.functions}
+        return {symbol: function_sources(f, self.sources) for symbol, f in functions.items()}
+
+
+def prepare(source: Path, prefix: str, offload: tuple[str, ...] = (), arm_dsp: bool = False) -> Prepared:
+    """The build and the tuning stage start from the same module."""
     from tasks.compile import int8
     from tasks.compile.offload import OffloadError, partition
 
+    mod, sources = load_relax_with_sources(source)
     try:
         # int8 first: every later pass (the offload's FoldConstant, lowering) would dequantize the weights.
-        integer = int8.partition(load_relax(source), prefix, wide_weights=arm_dsp, rounding=rounding_of(source))
+        integer = int8.partition(mod, prefix, wide_weights=arm_dsp, rounding=rounding_of(source))
     except int8.Int8Error as e:
         raise BuildError(f"{source}: int8: {e}") from None
     try:
         offloaded = partition(integer.mod, prefix, offload)
     except OffloadError as e:
         raise BuildError(f"{source}: offload: {e}") from None
-    return integer, offloaded
+    return Prepared(integer, offloaded, sources)
 
 
 def build(source: Path, prefix: str, target_json: dict[str, Any], where: str = "target",
@@ -360,12 +383,16 @@ def build(source: Path, prefix: str, target_json: dict[str, Any], where: str = "
     from tasks.compile.offload import external_modules
 
     target = make_target(target_json, where)
-    integer, offloaded = prepare(source, prefix, offload, arm_dsp)
-    mod = offloaded.mod
-    ext_modules, ext_constants = external_modules(mod)  # the int8 ones too: RunCodegen keeps earlier modules
+    prepared = prepare(source, prefix, offload, arm_dsp)
+    integer, offloaded = prepared.integer, prepared.offloaded
+    ext_modules, ext_constants = external_modules(offloaded.mod)  # the int8 ones too: RunCodegen keeps earlier ones
     external = frozenset(f for m in ext_modules for f in _functions(m))
-    lowered, plan_tuning = lower(mod, target, profile, records)
+    grouped = group(offloaded.mod, profile)
+    lowered, plan_tuning = lower(grouped, target, profile, records)
     plan, params, kernels = extract_plan(lowered, prefix, source, external)
+    for call, ops in zip(plan.calls, match_calls([c.kernel for c in plan.calls], call_sources(grouped, prepared.sources),
+                                                 prefix, prepared.external_sources())):
+        call.source_ops = list(ops)
     plan.tuning = plan_tuning
     plan.ops = int8.op_summary(integer.kernels, plan, external, _float_kernels(kernels))
     runtime_module, workspace = compile_kernels(kernels, lowered.attrs, target, profile)

@@ -124,10 +124,10 @@ def tuning_tasks(p: Pair) -> tuple[Any, list[Any]]:
     """The module the build lowers, and MetaSchedule's tasks: one per distinct TVM kernel."""
     from tvm.s_tir import meta_schedule as ms
 
-    from tasks.compile.relax_build import fuse, prepare
+    from tasks.compile.relax_build import fuse, group, prepare
 
-    _, offloaded = prepare(p.model.source, p.model.prefix, p.target.offload, p.target.board.arm_dsp)
-    mod = fuse(offloaded.mod, p.target.profile)
+    offloaded = prepare(p.model.source, p.model.prefix, p.target.offload, p.target.board.arm_dsp).offloaded
+    mod = fuse(group(offloaded.mod, p.target.profile), p.target.profile)
     return mod, list(ms.relax_integration.extract_tasks(mod, tuning_target(p.target)))
 
 

@@ -95,6 +95,12 @@ def _env() -> jinja2.Environment:
     return env
 
 
+def comment_text(text: str) -> str:
+    """Text from a model (an ONNX node's name) as it can stand in a C comment: printable ASCII, no comment end."""
+    printable = "".join(ch if " " <= ch <= "~" else "?" for ch in text)
+    return printable.replace("*/", "*\\/")
+
+
 def c_literal(value: Any, dtype: str) -> str:
     """One value as a C literal that reads back bit-exactly."""
     if dtype.startswith("float"):
@@ -301,7 +307,7 @@ def emit_executor(plan: Plan, weights: Weights, sig: ModelSignature, prefix: str
         t = plan.tensors[tid]
         return f"t{tid} '{t.name}'"
 
-    calls = [{"kernel": c.kernel, "args": c.args,
+    calls = [{"kernel": c.kernel, "args": c.args, "source": comment_text(", ".join(c.source_ops)),
               "workspace": None if c.workspace is None else plan.storages[c.workspace],
               "comment": f"{c.binding}: {c.kernel}({', '.join(describe(a) for a in c.args)})"
               + ("" if c.workspace is None else f", workspace {plan.storages[c.workspace].nbytes} B")}

@@ -20,6 +20,7 @@ from tasks.config import ModelConfig
 from tasks.frontend.graph_fixes import Fixed, fold_static_reshapes
 from tasks.layout import ModelFiles
 from tasks.naming import unique_c_identifiers
+from tasks.frontend.sources import SourceOps, attribute, onnx_label, tflite_label
 from tasks.errors import CrtforgeError
 
 
@@ -99,7 +100,13 @@ def graph_fixes(source: Path) -> Fixed:
 def load_relax(source: Path):
     """The model as a Relax IRModule with weights bound as constants, made for inference and for C (see
     `_for_inference`)."""
-    return _for_inference(_import(source))
+    return load_relax_with_sources(source)[0]
+
+
+def load_relax_with_sources(source: Path) -> tuple[Any, SourceOps]:
+    """load_relax, and which source op each of `main`'s bindings came from (tasks/frontend/sources.py)."""
+    mod, sources = _import(source)
+    return _for_inference(mod), sources
 
 
 def _for_inference(mod):
@@ -123,23 +130,19 @@ def _for_inference(mod):
     return relax.transform.DeadCodeElimination()(mod)
 
 
-def _import(source: Path):
-    from tvm.relax.frontend import onnx as relax_onnx
-    from tvm.relax.frontend import tflite as relax_tflite
-
+def _import(source: Path) -> tuple[Any, SourceOps]:
     try:
         if source.suffix == ".onnx":
             import onnx
 
-            model = onnx.load(str(source))
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="Renaming name")
-                return relax_onnx.from_onnx(model)
+                return _from_onnx(onnx.load(str(source)))
         import tflite
 
         model = tflite.Model.GetRootAsModel(graph_fixes(source).data, 0)
         _check_softmax_beta(model, source)
-        return relax_tflite.from_tflite(model)
+        return _from_tflite(model)
     except ModelImportError:
         raise
     except Exception as e:  # TVM frontends raise many types; the message is what the user needs.
@@ -150,6 +153,43 @@ def _import(source: Path):
                                    f"not supported by TVM's {source.suffix[1:].upper()} frontend. HINT: replace "
                                    "these ops in the model (or run them outside it)") from e
         raise ModelImportError(f"{source}: TVM cannot import this model: {first}") from e
+
+
+def _from_onnx(model) -> tuple[Any, SourceOps]:
+    """TVM's from_onnx, with its graph importer kept so that each node's outputs can be looked up after."""
+    from tvm.relax.frontend.onnx.onnx_frontend import ONNXGraphImporter
+
+    # from_onnx's defaults, and its opset: the default domain's version.
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+    importer = ONNXGraphImporter(None, "float32", keep_params_in_input=False, sanitize=True)
+    mod = importer.from_onnx(model.graph, opset)
+    ops = [(onnx_label(i, node), [importer._nodes.get(o) for o in node.output])
+           for i, node in enumerate(model.graph.node)]
+    return mod, attribute(mod["main"], ops)
+
+
+def _from_tflite(model) -> tuple[Any, SourceOps]:
+    """TVM's from_tflite, with an operator converter that keeps itself so that each operator's outputs can be
+    looked up after."""
+    from tvm.relax.frontend import tflite as relax_tflite
+    from tvm.relax.frontend.tflite.tflite_frontend import OperatorConverter, get_tensor_name
+
+    converters = []
+
+    class Recording(OperatorConverter):
+        def convert_op_to_relax(self):
+            converters.append(self)
+            super().convert_op_to_relax()
+
+    mod = relax_tflite.from_tflite(model, op_converter=Recording)
+    conv = converters[0]
+    ops = []
+    for index in range(conv.subgraph.OperatorsLength()):
+        op = conv.subgraph.Operators(index)
+        names = [get_tensor_name(conv.subgraph, t.tensor_idx) for t in conv.get_output_tensors(op)]
+        ops.append((tflite_label(index, conv.get_op_code_str(op)),
+                    [conv.exp_tab.get_expr(n) if conv.exp_tab.has_expr(n) else None for n in names]))
+    return mod, attribute(mod["main"], ops)
 
 
 def _check_softmax_beta(model, source: Path) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import jinja2
 
 from tasks import fsutil
+from tasks.bench.profile import describe_top
 from tasks.deps import TEMPLATES_DIR
 
 # Figures compared between builds; growth in any of them is what a reviewer looks for first.
@@ -64,6 +65,7 @@ def row(e: ReportEntry) -> dict[str, Any]:
              arena=sizes["arena_bytes"], stack=sizes["stack_bytes"],
              instructions=None if bench is None else bench["instructions"],
              per_mac=None if bench is None else bench["instructions_per_mac"],
+             top=describe_top(bench.get("kernel_profile") if bench else None, e.model),
              budget=[{"what": what, **b, "low": b["headroom"] < LOW_HEADROOM * b["limit"]}
                      for what, b in sorted((sizes.get("budget") or {}).items())])
     return r
