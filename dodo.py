@@ -67,6 +67,11 @@ def task_compare():
     yield from wiring.compare_tasks(PIPELINE)
 
 
+def task_bisect():
+    """On demand: the first kernel call of a pair whose output differs from the reference (bisect:<target>/<model>)."""
+    yield from wiring.bisect_tasks(PIPELINE)
+
+
 def task_firmware():
     """Several models in one library and test program, per [firmware.NAME] and target."""
     yield from wiring.firmware_tasks(PIPELINE)

@@ -154,6 +154,14 @@ class PairFiles(LinkedFiles):
     @property
     def profile_json(self) -> Path: return self.dir / "profile.json"
     @property
+    def bisect_dir(self) -> Path: return self.dir / "bisect"  # tasks/execute/bisect.py: the tracing program
+    @property
+    def bisect_program(self) -> Path: return self.bisect_dir / "program.elf"
+    @property
+    def bisect_log(self) -> Path: return self.bisect_dir / "run.log"
+    @property
+    def bisect_json(self) -> Path: return self.dir / "bisect.json"
+    @property
     def callgrind_out(self) -> Path: return self.dir / "callgrind.out"
     @property
     def result_json(self) -> Path: return self.dir / "result.json"  # conformance: the pair's outcome

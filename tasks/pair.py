@@ -45,6 +45,8 @@ CODEGEN = Stage("codegen", "tasks.emit.codegen", "codegen_pair")
 LINK = Stage("link", "tasks.toolchain.link", "link_pair")
 EXECUTE = Stage("run", "tasks.execute.run", "execute_pair")
 COMPARE = Stage("compare", "tasks.execute.compare", "compare_pair")
+# On demand (`doit bisect:<target>/<model>`): the first kernel call whose output differs from the reference.
+BISECT = Stage("run", "tasks.execute.bisect", "run_bisect")
 PAIR_STAGES = (BUILD, CLASSIFY, CODEGEN, LINK, EXECUTE, COMPARE)
 # Per (firmware, target), from its models' pairs (tasks/firmware.py): f(firmware).
 FIRMWARE = Stage("link", "tasks.firmware", "build_firmware")

@@ -27,7 +27,7 @@ from tasks.config import (PROJECT_ROOT, ConfigError, FirmwareConfig, ModelConfig
 from tasks.errors import CrtforgeError
 from tasks.layout import PipelineFiles
 from tasks.pair import (BUILD, CLASSIFY, CODEGEN, COMPARE, EXECUTE, FIRMWARE, FIRMWARE_TEST, IMPORT, LINK, PACKAGE,
-                        PACKAGE_FIRMWARE, PAIR_STAGES, REFERENCE, RETUNE, TUNE, Pair, Stage)
+                        PACKAGE_FIRMWARE, PAIR_STAGES, BISECT, REFERENCE, RETUNE, TUNE, Pair, Stage)
 
 # The runtime and start-up sources the link stage compiles, and the headers they include.
 CRT_FILES = sorted(str(p) for p in (PROJECT_ROOT / "crt").rglob("*") if p.suffix in (".c", ".h", ".j2"))
@@ -274,6 +274,21 @@ def compare_tasks(pipeline: Pipeline) -> Iterator[dict[str, Any]]:
                          [p.files.test_json])
 
 
+def bisect_tasks(pipeline: Pipeline) -> Iterator[dict[str, Any]]:
+    for model, target in pipeline.pairs():
+        p = _pair(pipeline, model, target)
+        f, m = p.files, p.model_files
+        yield {"name": p.name, "doc": "run the pair with every kernel call's outputs traced and name the first one "
+                                      "that differs from the reference (bisect.json)",
+               "actions": [_action(BISECT, p)],
+               "file_dep": _paths(f.program, f.library, f.executor_c, f.plan_json, m.inputs_npz, m.import_json,
+                                  *model.import_files()) + list(deps.code_files(BISECT.module)) + CRT_FILES,
+               "targets": _paths(f.bisect_json, f.bisect_program),
+               "uptodate": [config_changed({"model": settings(model, "compare"), "versions": deps.versions(),
+                                            "target": settings(target, "link", "run")})],
+               "verbosity": 2, "clean": True}
+
+
 # --- several models in one firmware (tasks/firmware.py) ----------------------------------------------------------
 
 def _firmware(pipeline: Pipeline, config: FirmwareConfig, target: TargetConfig):
@@ -402,8 +417,24 @@ def _report(pipeline: Pipeline) -> TaskFailed | None:
     print(text, end="")
     _write_html(pipeline, page)
     if failures:
-        return TaskFailed("outputs differ from the reference:\n" + "\n".join(failures))
+        return TaskFailed("outputs differ from the reference:\n" + "\n".join(failures + _bisect_mismatches(pipeline)))
     return None
+
+
+def _bisect_mismatches(pipeline: Pipeline) -> list[str]:
+    """On a mismatch, the bisector's verdict for each pair that differs (bisect.json beside its test.json)."""
+    from tasks.execute.bisect import bisect_pair
+
+    lines = []
+    for m, t in pipeline.pairs():
+        p = _pair(pipeline, m, t)
+        if not p.files.test_json.exists() or fsutil.read_json(p.files.test_json)["passed"]:
+            continue
+        try:
+            lines.append(bisect_pair(p).summary())
+        except CrtforgeError as e:
+            lines.append(f"bisect {p.name}: could not bisect: {e}")
+    return lines
 
 
 def test_task(pipeline: Pipeline) -> dict[str, Any]:

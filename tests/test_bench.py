@@ -133,3 +133,55 @@ def test_per_kernel_profile_sums_to_the_inference_on_qemu(benched):
     assert "## Per-kernel profile (qemu targets)" in (root / "out" / "bench.md").read_text()
     host = fsutil.read_json(root / "out" / "host" / "sine" / "bench.json")
     assert host["kernel_profile"] is None  # native runs are counted by callgrind, not split per call yet
+
+
+def _benched_pair(benched, target: str, model: str) -> Pair:
+    pipeline = load_pipeline(benched[1])
+    return Pair.at(PipelineFiles(pipeline.out), pipeline.models[model], pipeline.targets[target], pipeline.file)
+
+
+@pytest.mark.parametrize("target", ["host", "cortex-m4"])
+def test_bisect_names_the_kernel_a_fault_was_injected_into(benched, target):
+    from tasks.execute.bisect import bisect_pair
+
+    p = _benched_pair(benched, target, "sine")
+    clean = bisect_pair(p)
+    assert clean.first_diverging is None and clean.reference == "tflm"
+    assert [c.compared and c.passed for c in clean.calls] == [True, True, True]
+    faulty = bisect_pair(p, fault_call=1)
+    assert faulty.first_diverging == 1 and faulty.calls[0].passed and not faulty.calls[1].passed
+    one = faulty.calls[1]
+    assert one.source_ops == ("FULLY_CONNECTED (operator 1)",) and one.where.startswith("arena +")
+    # The flipped bit is in the first element: it is the worst, and the only one wrong in that call.
+    assert one.mismatched == 1 and one.worst[0]["index"] == [0, 0] and one.max_abs_error > 1
+    assert "call 1 is the first that differs from tflm: sine_fused_matmul1_add_relu, from FULLY_CONNECTED " \
+           "(operator 1)" in faulty.summary()
+    assert fsutil.read_json(p.files.bisect_json)["fault_call"] == 1
+
+
+def test_bisect_of_an_onnx_model_asks_onnxruntime_for_the_node(benched):
+    from tasks.execute.bisect import bisect_pair
+
+    p = _benched_pair(benched, "host", "conv2d")
+    assert bisect_pair(p).first_diverging is None
+    faulty = bisect_pair(p, fault_call=0)
+    assert faulty.reference == "onnxruntime" and faulty.first_diverging == 0
+    assert faulty.calls[0].source_ops == ("Conv (node 0)",) and faulty.calls[0].where == "output buffer 0"
+
+
+def test_bisect_compares_only_where_the_source_model_has_the_tensor(benched):
+    from tasks.execute.bisect import bisect_pair
+
+    # Debug: matmul, add and relu per dense layer; only each layer's last kernel has a TFLite tensor to compare.
+    checks = bisect_pair(_benched_pair(benched, "cortex-m4-debug", "sine")).calls
+    assert [c.compared for c in checks] == [False, False, True, False, False, True, False, True]
+    assert checks[0].note == "an inner step of FULLY_CONNECTED (operator 0): the source model has no tensor for it"
+    assert all(c.passed for c in checks if c.compared)
+
+
+def test_bisect_task(benched):
+    root, pipeline, _ = benched
+    result = run_doit(pipeline, "bisect:cortex-m4/conv2d")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr
+    assert "bisect cortex-m4/conv2d: every compared call agrees with onnxruntime (1 of 1 calls compared)" in result.stdout
+    assert fsutil.read_json(root / "out" / "cortex-m4" / "conv2d" / "bisect.json")["first_diverging"] is None

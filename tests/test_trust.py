@@ -88,6 +88,8 @@ def test_two_pipeline_files_sharing_out_share_its_database(tmp_path):
     assert passed(run_doit(loose, "test"))
     again = run_doit(strict, "test")
     assert again.returncode != 0 and "outputs differ from the reference" in again.stdout + again.stderr
+    # The bisector, run on the mismatch, finds every kernel agreeing with TFLM: the expected file is what differs.
+    assert "bisect t/m: every compared call agrees with tflm" in again.stdout + again.stderr
     assert fsutil.read_json(tmp_path / "out" / "t" / "m" / "test.json")["passed"] is False
 
 

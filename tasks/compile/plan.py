@@ -82,9 +82,22 @@ class Plan:
     arena_lower_bound: int = 0  # the most bytes of arena buffers alive at one step: no plan can do better
     ops: "OpCounts | None" = None  # how the calls compute: integer kernels, TVM's float or integer kernels
     tuning: "TuningUse | None" = None  # which kernels tuning records scheduled (targets with `tune`)
+    # The output tensors of each source op the calls name, by their names in the source model (for the bisector).
+    source_tensors: dict[str, list[str]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def call_outputs(self) -> list[list[int]]:
+        """The tensors each call writes: its arguments in arena buffers (or the caller's output buffers) that no
+        earlier call touched. Every tensor has a buffer of its own, so a buffer's first user computes it."""
+        seen: set[int] = set()
+        out = []
+        for c in self.calls:
+            arena = [a for a in c.args if self.tensors[a].home == HOME_ARENA]
+            out.append([a for a in arena if self.tensors[a].index not in seen])
+            seen |= {self.tensors[a].index for a in arena}
+        return out
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "Plan":
@@ -95,7 +108,7 @@ class Plan:
             constants=[Constant(**{**c, "shape": tuple(c["shape"])}) for c in d["constants"]],
             calls=[Call(**c) for c in d["calls"]], arena_bytes=d["arena_bytes"], kernels=list(d["kernels"]),
             arena_lower_bound=d["arena_lower_bound"], ops=OpCounts(**d["ops"]) if d.get("ops") else None,
-            tuning=TuningUse(**d["tuning"]) if d.get("tuning") else None)
+            tuning=TuningUse(**d["tuning"]) if d.get("tuning") else None, source_tensors=d["source_tensors"])
 
 
 @dataclass

@@ -393,6 +393,7 @@ def build(source: Path, prefix: str, target_json: dict[str, Any], where: str = "
     for call, ops in zip(plan.calls, match_calls([c.kernel for c in plan.calls], call_sources(grouped, prepared.sources),
                                                  prefix, prepared.external_sources())):
         call.source_ops = list(ops)
+    plan.source_tensors = {op: list(prepared.sources.tensors[op]) for c in plan.calls for op in c.source_ops}
     plan.tuning = plan_tuning
     plan.ops = int8.op_summary(integer.kernels, plan, external, _float_kernels(kernels))
     runtime_module, workspace = compile_kernels(kernels, lowered.attrs, target, profile)

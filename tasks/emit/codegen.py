@@ -307,11 +307,14 @@ def emit_executor(plan: Plan, weights: Weights, sig: ModelSignature, prefix: str
         t = plan.tensors[tid]
         return f"t{tid} '{t.name}'"
 
+    outputs = plan.call_outputs()
     calls = [{"kernel": c.kernel, "args": c.args, "source": comment_text(", ".join(c.source_ops)),
+              "outputs": [{"id": t, "nbytes": plan.tensors[t].nbytes,
+                           "itemsize": np.dtype(plan.tensors[t].dtype).itemsize} for t in outputs[i]],
               "workspace": None if c.workspace is None else plan.storages[c.workspace],
               "comment": f"{c.binding}: {c.kernel}({', '.join(describe(a) for a in c.args)})"
               + ("" if c.workspace is None else f", workspace {plan.storages[c.workspace].nbytes} B")}
-             for c in plan.calls]
+             for i, c in enumerate(plan.calls)]
     # Every descriptor of a caller's buffer (an input or output, or a reshape of one) gets its pointer in _run.
     bound = []
     for t in plan.tensors:

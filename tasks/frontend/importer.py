@@ -20,7 +20,7 @@ from tasks.config import ModelConfig
 from tasks.frontend.graph_fixes import Fixed, fold_static_reshapes
 from tasks.layout import ModelFiles
 from tasks.naming import unique_c_identifiers
-from tasks.frontend.sources import SourceOps, attribute, onnx_label, tflite_label
+from tasks.frontend.sources import SourceOp, SourceOps, attribute, onnx_label, tflite_label
 from tasks.errors import CrtforgeError
 
 
@@ -163,7 +163,7 @@ def _from_onnx(model) -> tuple[Any, SourceOps]:
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
     importer = ONNXGraphImporter(None, "float32", keep_params_in_input=False, sanitize=True)
     mod = importer.from_onnx(model.graph, opset)
-    ops = [(onnx_label(i, node), [importer._nodes.get(o) for o in node.output])
+    ops = [SourceOp(onnx_label(i, node), tuple(node.output), [importer._nodes.get(o) for o in node.output])
            for i, node in enumerate(model.graph.node)]
     return mod, attribute(mod["main"], ops)
 
@@ -187,8 +187,8 @@ def _from_tflite(model) -> tuple[Any, SourceOps]:
     for index in range(conv.subgraph.OperatorsLength()):
         op = conv.subgraph.Operators(index)
         names = [get_tensor_name(conv.subgraph, t.tensor_idx) for t in conv.get_output_tensors(op)]
-        ops.append((tflite_label(index, conv.get_op_code_str(op)),
-                    [conv.exp_tab.get_expr(n) if conv.exp_tab.has_expr(n) else None for n in names]))
+        ops.append(SourceOp(tflite_label(index, conv.get_op_code_str(op)), tuple(names),
+                            [conv.exp_tab.get_expr(n) if conv.exp_tab.has_expr(n) else None for n in names]))
     return mod, attribute(mod["main"], ops)
 
 

@@ -15,9 +15,11 @@ from typing import Any
 
 @dataclass(frozen=True)
 class SourceOps:
-    """What the import knew: each binding's source op label, and the bindings each binding reads."""
+    """What the import knew: each binding's source op label, the bindings each binding reads, and each source op's
+    output tensors by their names in the source model (what a reference runtime can be asked for)."""
     by_binding: dict[str, str] = field(default_factory=dict)
     reads: dict[str, frozenset[str]] = field(default_factory=dict)
+    tensors: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def labels(self, names: list[str]) -> tuple[str, ...]:
         """The source ops of these bindings, each once, in order."""
@@ -40,9 +42,15 @@ def _var_names(expr) -> set[str]:
     return names
 
 
-def attribute(main, ops: list[tuple[str, list[Any]]]) -> SourceOps:
-    """SourceOps of an imported `main`, from each source op's label and the Relax expressions of its outputs (Vars,
-    or Calls the frontend bound later): every binding belongs to the first op, in source order, whose output is
+@dataclass(frozen=True)
+class SourceOp:
+    label: str
+    tensors: tuple[str, ...]  # its outputs' names in the source model
+    outputs: list[Any]  # their Relax expressions: Vars, or Calls the frontend bound later (None: not imported)
+
+
+def attribute(main, ops: list[SourceOp]) -> SourceOps:
+    """SourceOps of an imported `main`: every binding belongs to the first op, in source order, whose output is
     bound at or after it."""
     from tvm import relax
 
@@ -55,10 +63,10 @@ def attribute(main, ops: list[tuple[str, list[Any]]]) -> SourceOps:
         return None
 
     ends = []  # (position of the op's last output binding, label)
-    for label, outputs in ops:
-        where = [p for p in (position(e) for e in outputs if e is not None) if p is not None]
+    for op in ops:
+        where = [p for p in (position(e) for e in op.outputs if e is not None) if p is not None]
         if where:
-            ends.append((max(where), label))
+            ends.append((max(where), op.label))
     by_binding: dict[str, str] = {}
     start = 0
     for end, label in sorted(ends, key=lambda e: e[0]):
@@ -66,7 +74,7 @@ def attribute(main, ops: list[tuple[str, list[Any]]]) -> SourceOps:
             by_binding[b.var.name] = label
         start = max(start, end + 1)
     reads = {b.var.name: frozenset(_var_names(b.value)) for b in bindings}
-    return SourceOps(by_binding, reads)
+    return SourceOps(by_binding, reads, {op.label: op.tensors for op in ops})
 
 
 # The ops of a QDQ graph that only say how a tensor is quantised: named only when a group holds nothing else.

@@ -48,6 +48,16 @@ void crtforge_profile_mark(uint32_t call);
 #define CRTFORGE_PROFILE_MARK(call) ((void)0)
 #endif
 
+/* Bisection (tasks/execute/bisect.py): an executor compiled with -DCRTFORGE_TRACE hands every output of kernel
+ * call i to crtforge_trace_output after the call, which the test harness prints; in every other build, nothing. */
+#ifdef CRTFORGE_TRACE
+void crtforge_trace_output(uint32_t call, uint32_t output, void* data, size_t nbytes, size_t itemsize);
+#define CRTFORGE_TRACE_OUTPUT(call, output, data, nbytes, itemsize) \
+  crtforge_trace_output(call, output, data, nbytes, itemsize)
+#else
+#define CRTFORGE_TRACE_OUTPUT(call, output, data, nbytes, itemsize) ((void)0)
+#endif
+
 #ifdef __cplusplus
 }
 #endif
