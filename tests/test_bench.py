@@ -156,6 +156,7 @@ def test_bisect_names_the_kernel_a_fault_was_injected_into(benched, target):
     assert one.mismatched == 1 and one.worst[0]["index"] == [0, 0] and one.max_abs_error > 1
     assert "call 1 is the first that differs from tflm: sine_fused_matmul1_add_relu, from FULLY_CONNECTED " \
            "(operator 1)" in faulty.summary()
+    assert "; 1 element outside tolerance" in faulty.summary()
     assert fsutil.read_json(p.files.bisect_json)["fault_call"] == 1
 
 

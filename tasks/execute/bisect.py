@@ -65,11 +65,13 @@ class Bisection:
             return (f"bisect {name}: every compared call agrees with {self.reference} ({compared} of "
                     f"{len(self.calls)} calls compared)")
         c = self.calls[self.first_diverging]
-        worst = "; ".join(f"[{', '.join(map(str, w['index']))}] {w['actual']:.6g} (reference {w['expected']:.6g})"
+        # Nine digits: a float32's last bits, which is where kernels that agree to rounding differ.
+        worst = "; ".join(f"[{', '.join(map(str, w['index']))}] {w['actual']:.9g} (reference {w['expected']:.9g})"
                           for w in c.worst[:min(3, c.mismatched or 0)])
         return (f"bisect {name}: call {c.index} is the first that differs from {self.reference}: {c.kernel}, from "
                 f"{', '.join(c.source_ops) or 'no known source op'}; output t{c.tensor} in {c.where}; "
-                f"{c.mismatched} elements outside tolerance, max abs error {c.max_abs_error:.6g} at {worst}")
+                f"{c.mismatched} element{'' if c.mismatched == 1 else 's'} outside tolerance, max abs error "
+                f"{c.max_abs_error:.3g} at {worst}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
