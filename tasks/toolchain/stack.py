@@ -1,0 +1,366 @@
+"""Worst-case stack of a bare-metal program, at build time: each function's frame and the call graph.
+
+A frame is what `-fstack-usage` wrote for the C we compile (its `.su` files), else what the disassembly of the
+linked program shows (TVM's LLVM objects, newlib, libgcc have no `.su`). The call graph is the disassembly's:
+`bl` calls, and branches out of a function (tail calls). The bound of a function is its frame plus the largest
+bound of what it calls. Recursion, an indirect call, a dynamic frame or a stack adjustment this module does not
+know make the bound unbounded, with the reason: never guessed.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from tasks.errors import CrtforgeError
+
+
+class StackError(CrtforgeError):
+    """objdump failed on the program: names the program and the tool."""
+
+
+@dataclass(frozen=True)
+class Insn:
+    address: int
+    mnemonic: str  # "push", "sub.w", "bl", "beq.n"
+    operands: str  # as objdump writes them, its comment ("@ ...") removed
+
+
+@dataclass(frozen=True)
+class Function:
+    name: str
+    start: int
+    end: int  # one past the last byte
+
+
+@dataclass(frozen=True)
+class FunctionFacts:
+    """What the disassembly (and -fstack-usage) says of one function."""
+    name: str
+    frame: int  # bytes
+    calls: tuple[int, ...]  # start addresses of the functions it calls or tail-calls
+    # why its frame, or a call, is not known ("indirect call in f at 0x1234: blx r3"); None when all is known
+    unbounded: str | None = None
+
+
+@dataclass(frozen=True)
+class StackBound:
+    root: str
+    bytes: int | None  # None when unbounded
+    unbounded: str | None  # the reason, naming the function and the call
+    path: tuple[str, ...]  # the deepest chain from the root (to the unbounded function when unbounded)
+    frames: tuple[int, ...]  # the frame of each function on the path, bytes
+
+    def as_json(self) -> dict[str, object]:
+        return {"root": self.root, "bytes": self.bytes, "unbounded": self.unbounded, "path": list(self.path),
+                "frames": list(self.frames)}
+
+    def describe(self) -> str:
+        """"412 B" or "unbounded: <reason>", for tables."""
+        return f"{self.bytes} B" if self.bytes is not None else f"unbounded: {self.unbounded}"
+
+
+# --- reading -------------------------------------------------------------------------------------------------
+
+_LINE = re.compile(r"^\s*([0-9a-f]+):\t([^\t]+)\t?(.*)$")
+
+
+def parse_objdump(text: str) -> list[Insn]:
+    """Instructions of `objdump -d --no-show-raw-insn` output; data words (.word) are left out."""
+    insns = []
+    for line in text.splitlines():
+        m = _LINE.match(line)
+        if not m or m.group(2).startswith("."):
+            continue
+        insns.append(Insn(int(m.group(1), 16), m.group(2).strip(), m.group(3).split("@")[0].strip()))
+    return insns
+
+
+def elf_functions(elf: Path) -> list[Function]:
+    """The program's functions from its symbol table (Thumb bit cleared), one name per address: a global name
+    before a local one, then the first alphabetically. A function with no size ends where the next begins."""
+    from elftools.elf.elffile import ELFFile
+    from elftools.elf.sections import SymbolTableSection
+
+    named: dict[int, tuple[tuple[bool, str], int]] = {}
+    with open(elf, "rb") as f:
+        for sec in ELFFile(f).iter_sections():
+            if not isinstance(sec, SymbolTableSection):
+                continue
+            for sym in sec.iter_symbols():
+                if sym["st_info"]["type"] != "STT_FUNC" or sym["st_shndx"] == "SHN_UNDEF":
+                    continue
+                start = sym["st_value"] & ~1
+                key = (sym["st_info"]["bind"] != "STB_GLOBAL", sym.name)
+                if start not in named or key < named[start][0]:
+                    named[start] = (key, max(sym["st_size"], named.get(start, ((False, ""), 0))[1]))
+    starts = sorted(named)
+    functions = []
+    for i, start in enumerate(starts):
+        (_, name), size = named[start]
+        end = start + size if size else (starts[i + 1] if i + 1 < len(starts) else start)
+        functions.append(Function(name, start, end))
+    return functions
+
+
+def disassemble(objdump: str, elf: Path) -> str:
+    proc = subprocess.run([objdump, "-d", "--no-show-raw-insn", str(elf)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise StackError(f"{objdump} -d failed on {elf}: {proc.stderr.strip()[:500]}", elf, "",
+                         "check the toolchain's objdump (the `objdump` key of its toolchains/*.toml)")
+    return proc.stdout
+
+
+_SU_LINE = re.compile(r"^(?P<where>.*):(?P<name>[^:\s]+)\t(?P<bytes>\d+)\t(?P<kind>[a-z,]+)$")
+
+
+def read_stack_usage(su_files: list[Path]) -> dict[str, int | None]:
+    """Frame bytes per function from -fstack-usage files; None for a dynamic (unbounded) frame. GCC's figure
+    counts the pushed registers too. A name in two files (static functions) keeps the larger frame."""
+    frames: dict[str, int | None] = {}
+    for su in su_files:
+        for line in su.read_text().splitlines():
+            m = _SU_LINE.match(line.strip())
+            if not m:
+                continue
+            name, kind = m.group("name"), m.group("kind").split(",")
+            size = None if "dynamic" in kind and "bounded" not in kind else int(m.group("bytes"))
+            if name in frames:
+                old = frames[name]
+                size = None if old is None or size is None else max(old, size)
+            frames[name] = size
+    return frames
+
+
+# --- one function ----------------------------------------------------------------------------------------
+
+_CONDITIONS = ("eq", "ne", "cs", "hs", "cc", "lo", "mi", "pl", "vs", "vc", "hi", "ls", "ge", "lt", "gt", "le", "al")
+# The mnemonics this module reads; the others neither call nor move sp (or move it in a way it refuses).
+_BASES = frozenset({"b", "bl", "blx", "bx", "cbz", "cbnz", "push", "pop", "vpush", "vpop", "stmdb", "stmfd",
+                    "stmia", "stm", "vstmdb", "ldm", "ldmia", "ldmfd", "vldmia", "ldr", "mov", "movw", "movt", "add", "addw", "sub",
+                    "subw", "bfc"})
+_TARGET = re.compile(r"(?:^|,\s*)([0-9a-f]+) <")
+_REGLIST = re.compile(r"\{([^}]*)\}")
+_IMM = re.compile(r"#(-?\d+)")
+_PRE_DEC = re.compile(r"\[sp, #-(\d+)\]!")
+_CORE_REGS = ("r0", "r1", "r2", "r3", "r4", "r5", "r6", "r7", "r8", "r9", "sl", "fp", "ip", "sp", "lr", "pc")
+
+
+def _base(mnemonic: str) -> str:
+    """The mnemonic without its width (.n, .w) and, inside an IT block, its condition: "bne.n" -> "b",
+    "popeq" -> "pop"."""
+    mn = mnemonic.split(".")[0]
+    if mn not in _BASES and mn[-2:] in _CONDITIONS and mn[:-2] in _BASES:
+        return mn[:-2]
+    return mn
+
+
+def _reg_count(operands: str) -> tuple[int, str]:
+    """The number of registers in a {list} and their kind (the first letter: r/l/s/d...)."""
+    m = _REGLIST.search(operands)
+    assert m, operands
+    count, kind = 0, ""
+    for item in m.group(1).split(","):
+        item = item.strip()
+        kind = kind or item[0]
+        if "-" in item:
+            lo, hi = (int(re.sub(r"^\D+", "", x)) for x in item.split("-"))
+            count += hi - lo + 1
+        else:
+            count += 1
+    return count, kind
+
+
+def _operands(insn: Insn) -> list[str]:
+    return [o.strip() for o in re.split(r",\s*(?![^{\[]*[}\]])", insn.operands) if o.strip()]
+
+
+def _constants(insns: list[Insn]) -> dict[str, int]:
+    """Registers last given a constant by movw (and movt) before the end of `insns`: for `sub sp, rX`."""
+    known: dict[str, int] = {}
+    for insn in insns:
+        ops = _operands(insn)
+        if not ops:
+            continue
+        imm = _IMM.search(insn.operands)
+        if insn.mnemonic in ("movw", "mov.w", "movs", "mov") and imm and len(ops) == 2:
+            known[ops[0]] = int(imm.group(1)) & 0xFFFF_FFFF
+        elif insn.mnemonic == "movt" and imm and ops[0] in known:
+            known[ops[0]] = (known[ops[0]] & 0xFFFF) | (int(imm.group(1)) << 16)
+        else:
+            known.pop(ops[0], None)
+    return known
+
+
+def _sp_decrement(insns: list[Insn], i: int) -> int | str:
+    """Bytes instruction `i` takes from the stack (0 when it takes none or gives back), or why it is not
+    known."""
+    insn = insns[i]
+    mn, ops = _base(insn.mnemonic), _operands(insn)
+    if mn == "push" or (mn in ("stmdb", "stmfd") and ops and ops[0] == "sp!"):
+        return 4 * _reg_count(insn.operands)[0]
+    if mn == "vpush" or (mn == "vstmdb" and ops and ops[0] == "sp!"):
+        count, kind = _reg_count(insn.operands)
+        return count * (8 if kind == "d" else 4)
+    pre = _PRE_DEC.search(insn.operands)
+    if pre:
+        return int(pre.group(1))
+    if mn.startswith(("st", "vst")) and "sp!" not in insn.operands:
+        return 0  # a store at sp (stmia sp, {...}), not a move of it
+    writes_sp = bool(ops) and ops[0] == "sp" and mn not in ("cmp", "cmn", "tst", "teq")
+    if not writes_sp:
+        return 0
+    if mn in ("add", "addw", "pop", "vpop", "ldm", "ldmia", "ldmfd", "vldmia"):
+        return 0
+    if mn in ("sub", "subw"):
+        imm = _IMM.search(ops[-1])
+        if imm:
+            return int(imm.group(1))
+        value = _constants(insns[:i]).get(ops[-1])
+        return value if value is not None else f"dynamic frame: {insn.mnemonic} {insn.operands}"
+    if mn == "mov" and len(ops) == 2:
+        return _mov_sp(insns, i, ops[1])
+    return f"unknown stack adjustment: {insn.mnemonic} {insn.operands}"
+
+
+def _mov_sp(insns: list[Insn], i: int, reg: str) -> int | str:
+    """`mov sp, rX`: a realignment (rX = sp with its low bits cleared by bfc: up to 2^k - 1 bytes more), sp
+    minus a constant, or else the restore of a saved sp (an epilogue, which takes nothing)."""
+    for prev in reversed(insns[:i]):
+        ops = _operands(prev)
+        if not ops or ops[0] != reg:
+            continue
+        mn = _base(prev.mnemonic)
+        if mn == "bfc":
+            return (1 << int(_IMM.findall(prev.operands)[-1])) - 1
+        if mn in ("sub", "subw") and len(ops) == 3 and ops[1] == "sp":
+            imm = _IMM.search(ops[2])
+            return int(imm.group(1)) if imm else f"dynamic frame: {prev.mnemonic} {prev.operands}"
+        return 0
+    return 0
+
+
+def _indirect(insn: Insn) -> bool:
+    """A call or jump through a register or memory; returns (bx lr, pc popped or loaded from the stack) are
+    not."""
+    mn, ops = _base(insn.mnemonic), _operands(insn)
+    if not ops:
+        return False
+    if mn in ("blx", "bx"):
+        return ops[0] in _CORE_REGS and not (mn == "bx" and ops[0] == "lr")
+    if mn in ("pop", "ldm", "ldmia", "ldmfd"):
+        writes_pc = "pc" in _REGLIST.search(insn.operands).group(1).replace(" ", "").split(",")
+        return writes_pc and not (mn == "pop" or ops[0] == "sp!")
+    if mn == "ldr" and ops[0] == "pc":
+        return not insn.operands.startswith("pc, [sp], #")
+    return mn in ("mov", "add") and ops[0] == "pc" and ops[-1] != "lr"
+
+
+def function_facts(fn: Function, insns: list[Insn], su_frames: dict[str, int | None],
+                   start_of: dict[int, int]) -> FunctionFacts:
+    """The frame and calls of `fn` (its instructions `insns`); `start_of` maps any address inside a function
+    to that function's start. The frame from the disassembly is the sum of every decrement of sp in the body:
+    compiler-generated code takes its frame once, in the prologue, so the sum is that frame or more."""
+    unbounded = None
+    frame = 0
+    calls: list[int] = []
+    for i, insn in enumerate(insns):
+        taken = _sp_decrement(insns, i)
+        if isinstance(taken, str):
+            unbounded = unbounded or f"{taken} in {fn.name} at {insn.address:#x}"
+        else:
+            frame += taken
+        mn = _base(insn.mnemonic)
+        target = _TARGET.search(insn.operands)
+        if mn in ("bl", "blx") and target:
+            callee = int(target.group(1), 16)
+        elif mn in ("b", "cbz", "cbnz") and target and not fn.start <= int(target.group(1), 16) < fn.end:
+            callee = int(target.group(1), 16)  # a tail call
+        else:
+            if _indirect(insn):
+                unbounded = unbounded or (f"indirect call in {fn.name} at {insn.address:#x}: "
+                                          f"{insn.mnemonic} {insn.operands}")
+            continue
+        if callee not in start_of:
+            unbounded = unbounded or f"call in {fn.name} at {insn.address:#x} to {callee:#x}, outside any function"
+        elif start_of[callee] not in calls:
+            calls.append(start_of[callee])
+    if fn.name in su_frames:
+        su = su_frames[fn.name]
+        if su is None:
+            unbounded = unbounded or f"dynamic frame in {fn.name} (-fstack-usage)"
+        else:
+            frame = su
+    return FunctionFacts(fn.name, frame, tuple(calls), unbounded)
+
+
+def call_graph(insns: list[Insn], functions: list[Function], su_frames: dict[str, int | None]
+               ) -> dict[int, FunctionFacts]:
+    """Facts of every function, by start address."""
+    by_function: dict[int, list[Insn]] = {fn.start: [] for fn in functions}
+    ordered = sorted(functions, key=lambda fn: fn.start)
+    start_of: dict[int, int] = {}
+    j = 0
+    for insn in insns:
+        while j < len(ordered) and insn.address >= ordered[j].end:
+            j += 1
+        if j < len(ordered) and ordered[j].start <= insn.address:
+            by_function[ordered[j].start].append(insn)
+    for fn in ordered:
+        for insn in by_function[fn.start]:
+            start_of[insn.address] = fn.start
+        start_of[fn.start] = fn.start
+    return {fn.start: function_facts(fn, by_function[fn.start], su_frames, start_of) for fn in ordered}
+
+
+# --- the bound -------------------------------------------------------------------------------------------
+
+def stack_bound(graph: dict[int, FunctionFacts], root: str) -> StackBound:
+    """The worst-case stack of `root`: its frame plus the deepest of its callees', recursively. The first
+    recursion or unknown found on the way (depth first, in call order) makes it unbounded."""
+    by_name = {f.name: addr for addr, f in graph.items()}
+    if root not in by_name:
+        return StackBound(root, None, f"no function {root} in the program", (root,), ())
+    memo: dict[int, tuple[int, tuple[int, ...]]] = {}
+
+    class Unbounded(Exception):
+        def __init__(self, reason: str, chain: tuple[int, ...]):
+            self.reason, self.chain = reason, chain
+
+    def visit(addr: int, chain: tuple[int, ...]) -> tuple[int, tuple[int, ...]]:
+        if addr in memo:
+            return memo[addr]
+        facts = graph[addr]
+        chain = (*chain, addr)
+        if facts.unbounded:
+            raise Unbounded(facts.unbounded, chain)
+        best: tuple[int, tuple[int, ...]] = (0, ())
+        for callee in facts.calls:
+            if callee in chain:
+                cycle = chain[chain.index(callee):] + (callee,)
+                raise Unbounded("recursion: " + " -> ".join(graph[a].name for a in cycle), chain)
+            depth, path = visit(callee, chain)
+            if depth > best[0]:
+                best = (depth, path)
+        memo[addr] = (facts.frame + best[0], (addr, *best[1]))
+        return memo[addr]
+
+    try:
+        total, path = visit(by_name[root], ())
+    except Unbounded as u:
+        return StackBound(root, None, u.reason, tuple(graph[a].name for a in u.chain),
+                          tuple(graph[a].frame for a in u.chain))
+    return StackBound(root, total, None, tuple(graph[a].name for a in path), tuple(graph[a].frame for a in path))
+
+
+def worst(bounds: list[StackBound]) -> StackBound:
+    """The root that needs most: an unbounded one first."""
+    return max(bounds, key=lambda b: (b.bytes is None, b.bytes or 0))
+
+
+def program_stack_bound(objdump: str, elf: Path, su_files: list[Path], roots: tuple[str, ...]) -> StackBound:
+    """The worst of `roots` in the linked program `elf`."""
+    graph = call_graph(parse_objdump(disassemble(objdump, elf)), elf_functions(elf), read_stack_usage(su_files))
+    return worst([stack_bound(graph, root) for root in roots])
