@@ -98,8 +98,10 @@ def compile_c(target: TargetConfig, source: Path, obj: Path, include_dirs: list[
             *[f"-I{d}" for d in include_dirs], *[f"-D{d}" for d in defines], "-c", str(source), "-o", str(tmp)]
     try:
         _run(argv, f"compiling {source.name}")
-        if usage:
+        if usage and tmp.with_suffix(".su").exists():
             tmp.with_suffix(".su").replace(stack_usage_file(obj))
+        elif usage:  # clang writes none for a file without functions
+            fsutil.write_text(stack_usage_file(obj), "")
         tmp.replace(obj)
     finally:
         tmp.unlink(missing_ok=True)
@@ -440,8 +442,10 @@ def job_stack_bound(job: LinkJob) -> StackBound:
         return StackBound(job.stack_roots[0], None, f"{toolchain.file.name} names no objdump (key objdump)", (), ())
     usage = [stack_usage_file(src.object) for src in job.library_sources if src.object is not None]
     usage += [stack_usage_file(obj) for _, obj in job.harness_sources]
+    mem = job.target.board.memory
+    assert mem is not None
     return program_stack_bound(require_tool(toolchain, toolchain.objdump), job.program,
-                               [u for u in usage if u.is_file()], job.stack_roots)
+                               [u for u in usage if u.is_file()], job.stack_roots, (mem.flash_origin, mem.flash_size))
 
 
 def link_pair(p: Pair) -> LinkOutputs:

@@ -15,17 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tasks.errors import CrtforgeError
+from tasks.toolchain.callees import ReadOnlyMemory, flash_image, indirect_callees
+from tasks.toolchain.thumb import (Insn, base, branch_target, call_target, is_indirect, operands, parse_objdump,
+                                   reg_list)
 
 
 class StackError(CrtforgeError):
     """objdump failed on the program: names the program and the tool."""
-
-
-@dataclass(frozen=True)
-class Insn:
-    address: int
-    mnemonic: str  # "push", "sub.w", "bl", "beq.n"
-    operands: str  # as objdump writes them, its comment ("@ ...") removed
 
 
 @dataclass(frozen=True)
@@ -63,20 +59,6 @@ class StackBound:
 
 
 # --- reading -------------------------------------------------------------------------------------------------
-
-_LINE = re.compile(r"^\s*([0-9a-f]+):\t([^\t]+)\t?(.*)$")
-
-
-def parse_objdump(text: str) -> list[Insn]:
-    """Instructions of `objdump -d --no-show-raw-insn` output; data words (.word) are left out."""
-    insns = []
-    for line in text.splitlines():
-        m = _LINE.match(line)
-        if not m or m.group(2).startswith("."):
-            continue
-        insns.append(Insn(int(m.group(1), 16), m.group(2).strip(), m.group(3).split("@")[0].strip()))
-    return insns
-
 
 def elf_functions(elf: Path) -> list[Function]:
     """The program's functions from its symbol table (Thumb bit cleared), one name per address: a global name
@@ -136,52 +118,15 @@ def read_stack_usage(su_files: list[Path]) -> dict[str, int | None]:
 
 # --- one function ----------------------------------------------------------------------------------------
 
-_CONDITIONS = ("eq", "ne", "cs", "hs", "cc", "lo", "mi", "pl", "vs", "vc", "hi", "ls", "ge", "lt", "gt", "le", "al")
-# The mnemonics this module reads; the others neither call nor move sp (or move it in a way it refuses).
-_BASES = frozenset({"b", "bl", "blx", "bx", "cbz", "cbnz", "push", "pop", "vpush", "vpop", "stmdb", "stmfd",
-                    "stmia", "stm", "vstmdb", "ldm", "ldmia", "ldmfd", "vldmia", "ldr", "mov", "movw", "movt", "add", "addw", "sub",
-                    "subw", "bfc"})
-_TARGET = re.compile(r"(?:^|,\s*)([0-9a-f]+) <")
-_REGLIST = re.compile(r"\{([^}]*)\}")
 _IMM = re.compile(r"#(-?\d+)")
 _PRE_DEC = re.compile(r"\[sp, #-(\d+)\]!")
-_CORE_REGS = ("r0", "r1", "r2", "r3", "r4", "r5", "r6", "r7", "r8", "r9", "sl", "fp", "ip", "sp", "lr", "pc")
-
-
-def _base(mnemonic: str) -> str:
-    """The mnemonic without its width (.n, .w) and, inside an IT block, its condition: "bne.n" -> "b",
-    "popeq" -> "pop"."""
-    mn = mnemonic.split(".")[0]
-    if mn not in _BASES and mn[-2:] in _CONDITIONS and mn[:-2] in _BASES:
-        return mn[:-2]
-    return mn
-
-
-def _reg_count(operands: str) -> tuple[int, str]:
-    """The number of registers in a {list} and their kind (the first letter: r/l/s/d...)."""
-    m = _REGLIST.search(operands)
-    assert m, operands
-    count, kind = 0, ""
-    for item in m.group(1).split(","):
-        item = item.strip()
-        kind = kind or item[0]
-        if "-" in item:
-            lo, hi = (int(re.sub(r"^\D+", "", x)) for x in item.split("-"))
-            count += hi - lo + 1
-        else:
-            count += 1
-    return count, kind
-
-
-def _operands(insn: Insn) -> list[str]:
-    return [o.strip() for o in re.split(r",\s*(?![^{\[]*[}\]])", insn.operands) if o.strip()]
 
 
 def _constants(insns: list[Insn]) -> dict[str, int]:
     """Registers last given a constant by movw (and movt) before the end of `insns`: for `sub sp, rX`."""
     known: dict[str, int] = {}
     for insn in insns:
-        ops = _operands(insn)
+        ops = operands(insn)
         if not ops:
             continue
         imm = _IMM.search(insn.operands)
@@ -198,12 +143,12 @@ def _sp_decrement(insns: list[Insn], i: int) -> int | str:
     """Bytes instruction `i` takes from the stack (0 when it takes none or gives back), or why it is not
     known."""
     insn = insns[i]
-    mn, ops = _base(insn.mnemonic), _operands(insn)
+    mn, ops = base(insn.mnemonic), operands(insn)
     if mn == "push" or (mn in ("stmdb", "stmfd") and ops and ops[0] == "sp!"):
-        return 4 * _reg_count(insn.operands)[0]
+        return 4 * len(reg_list(insn))
     if mn == "vpush" or (mn == "vstmdb" and ops and ops[0] == "sp!"):
-        count, kind = _reg_count(insn.operands)
-        return count * (8 if kind == "d" else 4)
+        regs = reg_list(insn)
+        return len(regs) * (8 if regs[0].startswith("d") else 4)
     pre = _PRE_DEC.search(insn.operands)
     if pre:
         return int(pre.group(1))
@@ -212,7 +157,7 @@ def _sp_decrement(insns: list[Insn], i: int) -> int | str:
     writes_sp = bool(ops) and ops[0] == "sp" and mn not in ("cmp", "cmn", "tst", "teq")
     if not writes_sp:
         return 0
-    if mn in ("add", "addw", "pop", "vpop", "ldm", "ldmia", "ldmfd", "vldmia"):
+    if mn in ("pop", "vpop", "ldm", "ldmia", "ldmfd", "vldmia") or mn in ("add", "addw") and _IMM.search(ops[-1]):
         return 0
     if mn in ("sub", "subw"):
         imm = _IMM.search(ops[-1])
@@ -229,10 +174,10 @@ def _mov_sp(insns: list[Insn], i: int, reg: str) -> int | str:
     """`mov sp, rX`: a realignment (rX = sp with its low bits cleared by bfc: up to 2^k - 1 bytes more), sp
     minus a constant, or else the restore of a saved sp (an epilogue, which takes nothing)."""
     for prev in reversed(insns[:i]):
-        ops = _operands(prev)
+        ops = operands(prev)
         if not ops or ops[0] != reg:
             continue
-        mn = _base(prev.mnemonic)
+        mn = base(prev.mnemonic)
         if mn == "bfc":
             return (1 << int(_IMM.findall(prev.operands)[-1])) - 1
         if mn in ("sub", "subw") and len(ops) == 3 and ops[1] == "sp":
@@ -242,44 +187,30 @@ def _mov_sp(insns: list[Insn], i: int, reg: str) -> int | str:
     return 0
 
 
-def _indirect(insn: Insn) -> bool:
-    """A call or jump through a register or memory; returns (bx lr, pc popped or loaded from the stack) are
-    not."""
-    mn, ops = _base(insn.mnemonic), _operands(insn)
-    if not ops:
-        return False
-    if mn in ("blx", "bx"):
-        return ops[0] in _CORE_REGS and not (mn == "bx" and ops[0] == "lr")
-    if mn in ("pop", "ldm", "ldmia", "ldmfd"):
-        writes_pc = "pc" in _REGLIST.search(insn.operands).group(1).replace(" ", "").split(",")
-        return writes_pc and not (mn == "pop" or ops[0] == "sp!")
-    if mn == "ldr" and ops[0] == "pc":
-        return not insn.operands.startswith("pc, [sp], #")
-    return mn in ("mov", "add") and ops[0] == "pc" and ops[-1] != "lr"
-
-
-def function_facts(fn: Function, insns: list[Insn], su_frames: dict[str, int | None],
-                   start_of: dict[int, int]) -> FunctionFacts:
+def function_facts(fn: Function, insns: list[Insn], su_frames: dict[str, int | None], start_of: dict[int, int],
+                   memory: ReadOnlyMemory) -> FunctionFacts:
     """The frame and calls of `fn` (its instructions `insns`); `start_of` maps any address inside a function
     to that function's start. The frame from the disassembly is the sum of every decrement of sp in the body:
-    compiler-generated code takes its frame once, in the prologue, so the sum is that frame or more."""
+    compiler-generated code takes its frame once, in the prologue, so the sum is that frame or more. An
+    indirect call is a call where read-only memory decides its callee (tasks/toolchain/callees.py)."""
     unbounded = None
     frame = 0
     calls: list[int] = []
+    resolved = indirect_callees(insns, fn.start, fn.end, memory) if any(map(is_indirect, insns)) else {}
     for i, insn in enumerate(insns):
         taken = _sp_decrement(insns, i)
         if isinstance(taken, str):
             unbounded = unbounded or f"{taken} in {fn.name} at {insn.address:#x}"
         else:
             frame += taken
-        mn = _base(insn.mnemonic)
-        target = _TARGET.search(insn.operands)
-        if mn in ("bl", "blx") and target:
-            callee = int(target.group(1), 16)
-        elif mn in ("b", "cbz", "cbnz") and target and not fn.start <= int(target.group(1), 16) < fn.end:
-            callee = int(target.group(1), 16)  # a tail call
-        else:
-            if _indirect(insn):
+        callee = call_target(insn)
+        if callee is None:
+            callee = resolved.get(insn.address)
+        target = branch_target(insn)
+        if callee is None and target is not None and not fn.start <= target < fn.end:
+            callee = target  # a tail call
+        if callee is None:
+            if is_indirect(insn):
                 unbounded = unbounded or (f"indirect call in {fn.name} at {insn.address:#x}: "
                                           f"{insn.mnemonic} {insn.operands}")
             continue
@@ -296,8 +227,8 @@ def function_facts(fn: Function, insns: list[Insn], su_frames: dict[str, int | N
     return FunctionFacts(fn.name, frame, tuple(calls), unbounded)
 
 
-def call_graph(insns: list[Insn], functions: list[Function], su_frames: dict[str, int | None]
-               ) -> dict[int, FunctionFacts]:
+def call_graph(insns: list[Insn], functions: list[Function], su_frames: dict[str, int | None],
+               memory: ReadOnlyMemory = ReadOnlyMemory(())) -> dict[int, FunctionFacts]:
     """Facts of every function, by start address."""
     by_function: dict[int, list[Insn]] = {fn.start: [] for fn in functions}
     ordered = sorted(functions, key=lambda fn: fn.start)
@@ -312,7 +243,7 @@ def call_graph(insns: list[Insn], functions: list[Function], su_frames: dict[str
         for insn in by_function[fn.start]:
             start_of[insn.address] = fn.start
         start_of[fn.start] = fn.start
-    return {fn.start: function_facts(fn, by_function[fn.start], su_frames, start_of) for fn in ordered}
+    return {fn.start: function_facts(fn, by_function[fn.start], su_frames, start_of, memory) for fn in ordered}
 
 
 # --- the bound -------------------------------------------------------------------------------------------
@@ -360,7 +291,9 @@ def worst(bounds: list[StackBound]) -> StackBound:
     return max(bounds, key=lambda b: (b.bytes is None, b.bytes or 0))
 
 
-def program_stack_bound(objdump: str, elf: Path, su_files: list[Path], roots: tuple[str, ...]) -> StackBound:
-    """The worst of `roots` in the linked program `elf`."""
-    graph = call_graph(parse_objdump(disassemble(objdump, elf)), elf_functions(elf), read_stack_usage(su_files))
+def program_stack_bound(objdump: str, elf: Path, su_files: list[Path], roots: tuple[str, ...],
+                        flash: tuple[int, int]) -> StackBound:
+    """The worst of `roots` in the linked program `elf`, whose board's flash is (origin, size)."""
+    graph = call_graph(parse_objdump(disassemble(objdump, elf)), elf_functions(elf), read_stack_usage(su_files),
+                       flash_image(elf, *flash))
     return worst([stack_bound(graph, root) for root in roots])
