@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from tasks.toolchain.callees import ReadOnlyMemory
 from tasks.toolchain.stack import Function, call_graph, parse_objdump, read_stack_usage, stack_bound
 
 
@@ -21,9 +22,12 @@ def program(*functions: tuple[str, int, list[str]]) -> tuple[str, list[Function]
     return "\n".join(lines) + "\n", table
 
 
-def bound(text_and_table: tuple[str, list[Function]], root: str, su: dict[str, int | None] | None = None):
+def bound(text_and_table: tuple[str, list[Function]], root: str, su: dict[str, int | None] | None = None,
+          flash: dict[int, int] | None = None):
+    """The bound of `root`; `flash` holds words (address: value) the program reads from flash."""
     text, table = text_and_table
-    return stack_bound(call_graph(parse_objdump(text), table, su or {}), root)
+    memory = ReadOnlyMemory(tuple((a, v.to_bytes(4, "little")) for a, v in (flash or {}).items()))
+    return stack_bound(call_graph(parse_objdump(text), table, su or {}, memory), root)
 
 
 def test_frames_sum_every_decrement_of_sp():
@@ -110,3 +114,39 @@ def test_stack_usage_files_give_the_frame_and_dynamic_frames_are_unbounded(tmp_p
 
 def test_a_root_not_in_the_program():
     assert bound(program(("f", 0x100, ["bx\tlr"])), "g").unbounded == "no function g in the program"
+
+
+# A TVM LLVM kernel's call of the workspace allocator: the GOT slot's address pc-relative from a literal, the
+# pointer's address from the GOT, the function from the pointer.
+WORKSPACE_CALL = program(("root", 0x100, ["push\t{r4, lr}", "bl\t200 <kernel>", "pop\t{r4, pc}"]),
+                         ("kernel", 0x200, ["push\t{r4, r6, r7, lr}",
+                                            "ldr\tr3, [pc, #8]\t@ (20c <kernel+0xc>)",  # the literal at 0x20c
+                                            "add\tr3, pc",  # + 0x208
+                                            "ldr\tr2, [r3, #0]",  # the GOT slot
+                                            "ldr\tr6, [r2, #0]",  # the pointer
+                                            "blx\tr6",
+                                            "cbz\tr0, 20a <kernel+0xa>",  # a loop: r6 is still the pointer's
+                                            "pop\t{r4, r6, r7, pc}"]),
+                         ("alloc", 0x300, ["push\t{r4, r5, r6, r7, lr}", "sub\tsp, #40", "add\tsp, #40",
+                                           "pop\t{r4, r5, r6, r7, pc}"]))
+GOT, POINTER = 0x1000, 0x1100
+
+
+def test_an_indirect_call_through_pointers_in_flash_is_a_call():
+    b = bound(WORKSPACE_CALL, "root", flash={0x20c: GOT - 0x208, GOT: POINTER, POINTER: 0x300 | 1})
+    assert (b.bytes, b.path) == (8 + 16 + 60, ("root", "kernel", "alloc"))
+
+
+def test_an_indirect_call_through_a_pointer_in_ram_stays_unbounded():
+    b = bound(WORKSPACE_CALL, "root", flash={0x20c: GOT - 0x208, GOT: POINTER})  # the pointer is not in flash
+    assert b.bytes is None and b.unbounded == "indirect call in kernel at 0x20a: blx r6"
+
+
+@pytest.mark.parametrize("other, resolved", [(0x301, True), (0x401, False)])
+def test_a_callee_known_on_only_one_path_is_unknown(other, resolved):
+    text = program(("f", 0x100, ["push\t{r4, r6, r7, lr}", "movw\tr6, #769\t@ 0x301", "cbz\tr0, 108 <f+0x8>",
+                                 f"movw\tr6, #{other}", "blx\tr6", "pop\t{r4, r6, r7, pc}"]),
+                   ("g", 0x300, ["push\t{r4, lr}", "pop\t{r4, pc}"]), ("h", 0x400, ["bx\tlr"]))
+    b = bound(text, "f")
+    assert b.bytes == (16 + 8 if resolved else None)
+    assert resolved or b.unbounded == "indirect call in f at 0x108: blx r6"
