@@ -88,7 +88,8 @@ def compile_c(target: TargetConfig, source: Path, obj: Path, include_dirs: list[
     tmp = obj.with_name(f".{obj.name}.tmp")
     # Paths in debug info and __FILE__ relative to the model folder and the project: the same object from any
     # checkout.
-    maps = [f"-ffile-prefix-map={include_dirs[0]}=.", f"-ffile-prefix-map={PROJECT_ROOT}=crtforge"]
+    prefix_map = {str(include_dirs[0]): ".", str(PROJECT_ROOT): "crtforge"}
+    maps = [f"-ffile-prefix-map={old}={new}" for old, new in prefix_map.items()]
     # An assembler file's .incbin names its blob relative to its own folder (weights.S, weights.bin).
     incbin = [f"-Wa,-I{source.parent}"] if source.suffix == ".S" else []
     # On a bare-metal board each function's frame, for the worst-case stack (tasks/toolchain/stack.py); the
@@ -98,14 +99,22 @@ def compile_c(target: TargetConfig, source: Path, obj: Path, include_dirs: list[
             *[f"-I{d}" for d in include_dirs], *[f"-D{d}" for d in defines], "-c", str(source), "-o", str(tmp)]
     try:
         _run(argv, f"compiling {source.name}")
-        if usage and tmp.with_suffix(".su").exists():
-            tmp.with_suffix(".su").replace(stack_usage_file(obj))
-        elif usage:  # clang writes none for a file without functions
-            fsutil.write_text(stack_usage_file(obj), "")
+        if usage:
+            _keep_stack_usage(tmp.with_suffix(".su"), stack_usage_file(obj), prefix_map)
         tmp.replace(obj)
     finally:
         tmp.unlink(missing_ok=True)
         tmp.with_suffix(".su").unlink(missing_ok=True)
+
+
+def _keep_stack_usage(written: Path, kept: Path, prefix_map: dict[str, str]) -> None:
+    """The compiler's .su beside the object, its source paths mapped as -ffile-prefix-map maps the object's (the
+    compiler writes them as given), so that it too is the same from any checkout. Clang writes none for a file
+    without functions: an empty one says so."""
+    text = written.read_text() if written.exists() else ""
+    for old, new in prefix_map.items():
+        text = text.replace(old, new)
+    fsutil.write_text(kept, text)
 
 
 def stack_usage_file(obj: Path) -> Path:
