@@ -1,4 +1,5 @@
-"""The callee of an indirect call that read-only memory decides, for the worst-case stack (tasks/toolchain/stack.py).
+"""Register values that flash decides, for the worst-case stack (tasks/toolchain/stack.py): the callee of an
+indirect call, the bytes of `sub sp, rX`.
 
 TVM's LLVM kernels are position-independent: they call the workspace functions through pointers they reach via
 the GOT (`ldr r3, [pc, #N]; add r3, pc; ldr r6, [r3]; ldr r7, [r6]; blx r7`). When both the GOT and the pointer
@@ -93,7 +94,7 @@ def _step(insn: Insn, state: State, memory: ReadOnlyMemory) -> State:
         value = (state[dest] + insn.address + 4) & 0xFFFF_FFFF
     elif mn == "mov" and len(ops) == 2 and src in state:
         value = state[src]
-    elif mn in ("mov", "movw") and len(ops) == 2 and _IMM.fullmatch(src):
+    elif mn in ("mov", "movs", "movw") and len(ops) == 2 and _IMM.fullmatch(src):
         value = int(src[1:]) & 0xFFFF_FFFF
     elif mn == "movt" and dest in state and _IMM.fullmatch(src):
         value = (state[dest] & 0xFFFF) | (int(src[1:]) << 16)
@@ -135,9 +136,9 @@ def _blocks(insns: list[Insn], start: int, end: int) -> tuple[list[list[Insn]], 
     return blocks, successors
 
 
-def indirect_callees(insns: list[Insn], start: int, end: int, memory: ReadOnlyMemory) -> dict[int, int]:
-    """Address of each indirect call (blx rX) of the function → the address it calls, where that is known on
-    every path to it."""
+def known_registers(insns: list[Insn], start: int, end: int, memory: ReadOnlyMemory) -> dict[int, State]:
+    """Address of each reachable instruction of the function → the registers whose value is the same on every
+    path to it; empty when the control flow cannot be followed."""
     flow = _blocks(insns, start, end)
     if flow is None:
         return {}
@@ -157,14 +158,12 @@ def indirect_callees(insns: list[Insn], start: int, end: int, memory: ReadOnlyMe
             if old is None or joined != old:
                 entry[s] = joined
                 work.append(s)
-    callees = {}
+    known = {}
     for k, block in enumerate(blocks):
         state = entry[k]
         if state is None:
             continue  # unreachable
         for insn in block:
-            ops = operands(insn)
-            if base(insn.mnemonic) == "blx" and ops and ops[0] in state:
-                callees[insn.address] = state[ops[0]] & ~1
+            known[insn.address] = state
             state = _step(insn, state, memory)
-    return callees
+    return known

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tasks.errors import CrtforgeError
-from tasks.toolchain.callees import ReadOnlyMemory, flash_image, indirect_callees
+from tasks.toolchain.callees import ReadOnlyMemory, State, flash_image, known_registers
 from tasks.toolchain.thumb import (Insn, base, branch_target, call_target, is_indirect, operands, parse_objdump,
                                    reg_list)
 
@@ -53,10 +53,6 @@ class StackBound:
         return {"root": self.root, "bytes": self.bytes, "unbounded": self.unbounded, "path": list(self.path),
                 "frames": list(self.frames)}
 
-    def describe(self) -> str:
-        """"412 B" or "unbounded: <reason>", for tables."""
-        return f"{self.bytes} B" if self.bytes is not None else f"unbounded: {self.unbounded}"
-
 
 # --- reading -------------------------------------------------------------------------------------------------
 
@@ -66,7 +62,8 @@ def elf_functions(elf: Path) -> list[Function]:
     from elftools.elf.elffile import ELFFile
     from elftools.elf.sections import SymbolTableSection
 
-    named: dict[int, tuple[tuple[bool, str], int]] = {}
+    names: dict[int, tuple[bool, str]] = {}  # (local, name) of the name kept
+    sizes: dict[int, int] = {}
     with open(elf, "rb") as f:
         for sec in ELFFile(f).iter_sections():
             if not isinstance(sec, SymbolTableSection):
@@ -76,15 +73,11 @@ def elf_functions(elf: Path) -> list[Function]:
                     continue
                 start = sym["st_value"] & ~1
                 key = (sym["st_info"]["bind"] != "STB_GLOBAL", sym.name)
-                if start not in named or key < named[start][0]:
-                    named[start] = (key, max(sym["st_size"], named.get(start, ((False, ""), 0))[1]))
-    starts = sorted(named)
-    functions = []
-    for i, start in enumerate(starts):
-        (_, name), size = named[start]
-        end = start + size if size else (starts[i + 1] if i + 1 < len(starts) else start)
-        functions.append(Function(name, start, end))
-    return functions
+                names[start] = min(names.get(start, key), key)
+                sizes[start] = max(sizes.get(start, 0), sym["st_size"])
+    starts = sorted(names)
+    ends = [start + sizes[start] if sizes[start] else nxt for start, nxt in zip(starts, [*starts[1:], starts[-1]])]
+    return [Function(names[start][1], start, end) for start, end in zip(starts, ends)]
 
 
 def disassemble(objdump: str, elf: Path) -> str:
@@ -122,26 +115,14 @@ _IMM = re.compile(r"#(-?\d+)")
 _PRE_DEC = re.compile(r"\[sp, #-(\d+)\]!")
 
 
-def _constants(insns: list[Insn]) -> dict[str, int]:
-    """Registers last given a constant by movw (and movt) before the end of `insns`: for `sub sp, rX`."""
-    known: dict[str, int] = {}
-    for insn in insns:
-        ops = operands(insn)
-        if not ops:
-            continue
-        imm = _IMM.search(insn.operands)
-        if insn.mnemonic in ("movw", "mov.w", "movs", "mov") and imm and len(ops) == 2:
-            known[ops[0]] = int(imm.group(1)) & 0xFFFF_FFFF
-        elif insn.mnemonic == "movt" and imm and ops[0] in known:
-            known[ops[0]] = (known[ops[0]] & 0xFFFF) | (int(imm.group(1)) << 16)
-        else:
-            known.pop(ops[0], None)
-    return known
+def _sp_by_register(insn: Insn) -> bool:
+    ops = operands(insn)
+    return base(insn.mnemonic) in ("sub", "subw") and ops[:1] == ["sp"] and not _IMM.search(ops[-1])
 
 
-def _sp_decrement(insns: list[Insn], i: int) -> int | str:
+def _sp_decrement(insns: list[Insn], i: int, known: State) -> int | str:
     """Bytes instruction `i` takes from the stack (0 when it takes none or gives back), or why it is not
-    known."""
+    known; `known`: the registers known before it."""
     insn = insns[i]
     mn, ops = base(insn.mnemonic), operands(insn)
     if mn == "push" or (mn in ("stmdb", "stmfd") and ops and ops[0] == "sp!"):
@@ -163,7 +144,7 @@ def _sp_decrement(insns: list[Insn], i: int) -> int | str:
         imm = _IMM.search(ops[-1])
         if imm:
             return int(imm.group(1))
-        value = _constants(insns[:i]).get(ops[-1])
+        value = known.get(ops[-1])
         return value if value is not None else f"dynamic frame: {insn.mnemonic} {insn.operands}"
     if mn == "mov" and len(ops) == 2:
         return _mov_sp(insns, i, ops[1])
@@ -192,20 +173,23 @@ def function_facts(fn: Function, insns: list[Insn], su_frames: dict[str, int | N
     """The frame and calls of `fn` (its instructions `insns`); `start_of` maps any address inside a function
     to that function's start. The frame from the disassembly is the sum of every decrement of sp in the body:
     compiler-generated code takes its frame once, in the prologue, so the sum is that frame or more. An
-    indirect call is a call where read-only memory decides its callee (tasks/toolchain/callees.py)."""
+    indirect call is a call where flash decides its callee (tasks/toolchain/callees.py)."""
     unbounded = None
     frame = 0
     calls: list[int] = []
-    resolved = indirect_callees(insns, fn.start, fn.end, memory) if any(map(is_indirect, insns)) else {}
+    needs_values = any(is_indirect(insn) or _sp_by_register(insn) for insn in insns)
+    known = known_registers(insns, fn.start, fn.end, memory) if needs_values else {}
     for i, insn in enumerate(insns):
-        taken = _sp_decrement(insns, i)
+        before = known.get(insn.address, {})
+        taken = _sp_decrement(insns, i, before)
         if isinstance(taken, str):
             unbounded = unbounded or f"{taken} in {fn.name} at {insn.address:#x}"
         else:
             frame += taken
         callee = call_target(insn)
-        if callee is None:
-            callee = resolved.get(insn.address)
+        ops = operands(insn)
+        if callee is None and base(insn.mnemonic) == "blx" and ops and ops[0] in before:
+            callee = before[ops[0]] & ~1
         target = branch_target(insn)
         if callee is None and target is not None and not fn.start <= target < fn.end:
             callee = target  # a tail call
