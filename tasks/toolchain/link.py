@@ -433,7 +433,7 @@ def run_link_job(job: LinkJob) -> None:
         if target.board.kind == "bare-metal" and job.stack_roots:
             bound = job_stack_bound(job)
             check_stack(f"{job.what} on target {target.name}", target.board, bound)
-    except CompileError:
+    except CrtforgeError:  # over the budget or the stack, or objdump missing or failing: no program to trust
         job.program.unlink()
         raise
     stack = target.board.memory.stack_size if target.board.memory else None
