@@ -27,8 +27,8 @@ from tasks.layout import FirmwareFiles, PipelineFiles
 from tasks.naming import ModelSymbols
 from tasks.pair import Pair
 from tasks.toolchain.link import (BARE_METAL_SOURCES, CRT_DIR, CRT_HARNESS_SOURCES, CRT_INCLUDE, CRT_KERNEL_SOURCES,
-                                  CRT_LIBRARY_SOURCES, KERNEL_WARNINGS, OWN_WARNINGS, LinkJob, Source, emit_harness_data,
-                                  run_link_job, stack_usage_file, unused_kernels)
+                                  CRT_LIBRARY_SOURCES, KERNEL_WARNINGS, OWN_WARNINGS, LinkJob, Source,
+                                  emit_harness_data, run_link_job, stack_usage_file, unused_kernels)
 
 
 class FirmwareError(CrtforgeError):
