@@ -90,6 +90,9 @@ class Toolchain:
     profile_cflags: dict[str, tuple[str, ...]]  # "release"/"debug" → optimisation flags
     # release only: flags after the profile's for crt/'s kernels (int8.c, dense.c), e.g. -O2 where the rest is -Os
     kernel_cflags: tuple[str, ...] = ()
+    # GNU objdump for the target's programs, for the worst-case stack on bare-metal boards; "" when the toolchain
+    # names none and its cc is not a GCC whose objdump sits beside it
+    objdump: str = ""
 
 
 @dataclass(frozen=True)
@@ -419,14 +422,20 @@ def load_toolchain(name: str, toolchain_dir: Path | tuple[Path, ...] = TOOLCHAIN
     data = _read_toml(path, "", "toolchain file")
     _check_keys(path, "", data, {"description": str, "cc": str, "ar": str, "cflags": list, "ldflags": list,
                                   "libs": list, "debian_package": str, "release_cflags": list, "debug_cflags": list,
-                                  "kernel_cflags": list},
+                                  "kernel_cflags": list, "objdump": str},
                 required=("cc", "ar", "debian_package"))
     _check_string_lists(path, data, ("cflags", "ldflags", "libs", "release_cflags", "debug_cflags", "kernel_cflags"))
     return Toolchain(name=name, file=path, description=data.get("description", ""), cc=data["cc"], ar=data["ar"],
                      cflags=tuple(data.get("cflags", [])), ldflags=tuple(data.get("ldflags", [])),
                      libs=tuple(data.get("libs", [])), debian_package=data["debian_package"],
                      profile_cflags={p: tuple(data.get(f"{p}_cflags", [])) for p in PROFILES},
-                     kernel_cflags=tuple(data.get("kernel_cflags", [])))
+                     kernel_cflags=tuple(data.get("kernel_cflags", [])),
+                     objdump=data.get("objdump", _objdump_of(data["cc"])))
+
+
+def _objdump_of(cc: str) -> str:
+    """A GCC's objdump: arm-none-eabi-gcc -> arm-none-eabi-objdump."""
+    return cc.removesuffix("gcc") + "objdump" if cc.endswith("gcc") else ""
 
 
 def _dirs(directory: Path | tuple[Path, ...]) -> tuple[Path, ...]:

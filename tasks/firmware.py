@@ -27,8 +27,8 @@ from tasks.layout import FirmwareFiles, PipelineFiles
 from tasks.naming import ModelSymbols
 from tasks.pair import Pair
 from tasks.toolchain.link import (BARE_METAL_SOURCES, CRT_DIR, CRT_HARNESS_SOURCES, CRT_INCLUDE, CRT_KERNEL_SOURCES,
-                                  CRT_LIBRARY_SOURCES, KERNEL_WARNINGS, OWN_WARNINGS, LinkJob, Source, emit_harness_data,
-                                  run_link_job, unused_kernels)
+                                  CRT_LIBRARY_SOURCES, KERNEL_WARNINGS, OWN_WARNINGS, LinkJob, Source,
+                                  emit_harness_data, run_link_job, stack_usage_file, unused_kernels)
 
 
 class FirmwareError(CrtforgeError):
@@ -136,7 +136,8 @@ def build_firmware(fw: Firmware) -> None:
         harness_sources=[(src, fw.object_for("", src)) for src in fw.harness_sources()],
         library=f.library, program=f.program, linker_script=f.linker_script,
         measure_linker_script=f.measure_linker_script, sizes_json=f.sizes_json, arena_bytes=arena_bytes,
-        budget=fw.config.budget, budget_key=f"firmware.{fw.config.name}.budget"))
+        budget=fw.config.budget, budget_key=f"firmware.{fw.config.name}.budget",
+        stack_roots=tuple(f"{p.model.prefix}_run" for p in fw.pairs)))
 
 
 def _includes(fw: Firmware, owner: str) -> tuple[Path, ...]:
@@ -162,11 +163,13 @@ def firmware_inputs(fw: Firmware) -> list[Path]:
 def firmware_targets(fw: Firmware) -> list[Path]:
     """Every file build_firmware writes, for doit's `targets`."""
     f = fw.files
-    compiled = [fw.object_for(owner, src) for owner, src, w in _sources_of(fw) if w is not None]
-    script = [f.linker_script] if fw.target.board.kind == "bare-metal" else []
+    compiled = [(src, fw.object_for(owner, src)) for owner, src, w in _sources_of(fw) if w is not None]
+    compiled += [(src, fw.object_for("", src)) for src in fw.harness_sources()]
+    bare_metal = fw.target.board.kind == "bare-metal"
+    script = [f.linker_script] if bare_metal else []
+    usage = [stack_usage_file(obj) for src, obj in compiled if bare_metal and src.suffix == ".c"]
     return [*f.metadata, f.header, f.arena_c, f.harness_c, *(f.executor_c(p.model.name) for p in fw.pairs),
-            *compiled, *(fw.object_for("", s) for s in fw.harness_sources()), *script, f.library, f.program,
-            f.sizes_json]
+            *(obj for _, obj in compiled), *script, *usage, f.library, f.program, f.sizes_json]
 
 
 def split_by_model(stdout: str, count: int) -> list[str]:

@@ -42,6 +42,22 @@ def test_every_pair_is_measured(benched):
     assert rows[("host", "sine")]["wall_ns"] > 0 and rows[("host", "sine")]["stack_high_water"] is None
 
 
+def test_the_stack_bound_is_beside_the_high_water(benched):
+    root = benched[0] / "out"
+    rows = {(r["target"], r["model"]): r for r in fsutil.read_json(root / "bench.json")["results"]}
+    for (target, model), r in rows.items():
+        bound = r["stack_bound"]
+        if target == "host":
+            assert bound is None
+            continue
+        assert bound == fsutil.read_json(root / target / model / "sizes.json")["stack_bound"]
+        assert bound["path"][0] == f"{model}_run" and r["stack_high_water"] <= bound["bytes"] < r["stack_reserved"]
+    md = (root / "bench.md").read_text()
+    assert "| workspace | stack high-water | stack bound |" in md
+    sine = rows[("cortex-m4", "sine")]
+    assert f"| {sine['stack_high_water']:,} | {sine['stack_bound']['bytes']:,} |" in md
+
+
 def test_instruction_counts_repeat_exactly(benched):
     root, pipeline_file, _ = benched
     pipeline = load_pipeline(pipeline_file)

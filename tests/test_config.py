@@ -146,6 +146,17 @@ def test_kernel_cflags_apply_to_crt_kernels_in_release_only(tmp_path, write_pipe
     assert debug.cflags(kernel=True) == debug.cflags()
 
 
+def test_objdump_is_named_or_sits_beside_a_gcc(tmp_path):
+    assert load_toolchain("arm-none-eabi-gcc").objdump == "arm-none-eabi-objdump"  # beside the GCC
+    assert load_toolchain("clang-cortex-m4").objdump == "arm-none-eabi-objdump"  # named
+    (tmp_path / "clang.toml").write_text('cc = "clang"\nar = "llvm-ar"\ndebian_package = "clang"\n')
+    assert load_toolchain("clang", tmp_path).objdump == ""  # none: the stack bound says so
+    (tmp_path / "bad.toml").write_text('cc = "gcc"\nar = "ar"\ndebian_package = "gcc"\nobjdump = ["objdump"]\n')
+    with pytest.raises(ConfigError) as info:
+        load_toolchain("bad", tmp_path)
+    assert info.value.key == "objdump"
+
+
 def test_shipped_host_toolchain():
     tc = load_toolchain("host-gcc")
     assert tc.cc == "gcc" and tc.debian_package == "gcc" and "-lm" in tc.libs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from dataclasses import replace
 
@@ -16,6 +17,7 @@ from tasks.frontend.importer import ModelSignature, TensorSpec
 from tasks.toolchain.link import (BARE_METAL_SOURCES, CRT_INCLUDE, CompileError, ToolchainError, board_with_memory,
                         check_fits, compile_c, linker_script, section_sizes)
 from tasks.execute.run import RunError, run_program
+from tasks.toolchain.stack import call_graph, disassemble, elf_functions, parse_objdump, read_stack_usage
 
 SIG = ModelSignature(inputs=(), outputs=(TensorSpec("y", "output_0", (1,), "float32"),))
 
@@ -30,6 +32,8 @@ CROSS_TARGETS = {
     "host-clang": ("llvm", "host-clang", "host"),
 }
 BIG_MODELS_ON = ("cortex-m4", "cortex-m3")
+BARE_METAL = tuple(name for name, (_, _, board) in CROSS_TARGETS.items() if board.startswith("mps2"))
+PAINTED = re.compile(r"^crtforge-stack (\d+)$", re.M)  # the harness's stack high-water
 
 
 def cross_pipeline() -> str:
@@ -135,6 +139,61 @@ def test_link_refuses_a_too_big_program(cross, tmp_path):
     # the next real build relinks it
     again = run_doit(pipeline_path, "build")
     assert again.returncode == 0 and "link:cortex-m4/convtranspose2d" in again.executed()
+
+
+@pytest.mark.parametrize("target, model", list(pairs()))
+def test_stack_bound_covers_the_painted_high_water(cross, target, model):
+    d = cross[0] / "out" / target / model
+    bound = fsutil.read_json(d / "sizes.json")["stack_bound"]
+    if target not in BARE_METAL:
+        assert bound is None
+        return
+    painted = int(PAINTED.search((d / "run.log").read_text()).group(1))
+    run = f"{model}_run"
+    # every call followed, the LLVM kernels' calls of the workspace functions through their pointers in flash too
+    assert bound["unbounded"] is None, bound
+    assert bound["root"] == run and bound["path"][0] == run and bound["bytes"] == sum(bound["frames"])
+    assert painted <= bound["bytes"] < 32768
+    if model == "convtranspose2d" and target == "cortex-m4":
+        assert "TVMBackendAllocWorkspace" in bound["path"]
+
+
+@pytest.mark.parametrize("target", BARE_METAL)
+def test_stack_usage_files_and_the_disassembly_agree(cross, target):
+    """Where the compiler wrote a frame (-fstack-usage), the disassembly reads the same bytes: the disassembly is
+    trusted where there is no .su (TVM's LLVM objects, newlib, libgcc)."""
+    d = cross[0] / "out" / target / "sine"
+    su = read_stack_usage(sorted((d / "obj").glob("*.su")))
+    objdump = load_pipeline(cross[1]).targets[target].toolchain.objdump
+    graph = call_graph(parse_objdump(disassemble(objdump, d / "program.elf")), elf_functions(d / "program.elf"), {})
+    frames = {f.name: f.frame for f in graph.values()}
+    both = sorted(name for name, size in su.items() if name in frames and size is not None)
+    assert len(both) >= 15 and "sine_run" in both
+    assert {name: frames[name] for name in both} == {name: su[name] for name in both}
+
+
+def test_link_refuses_a_stack_bound_over_the_board_stack(cross):
+    from tasks.layout import PipelineFiles
+    from tasks.pair import Pair
+    from tasks.toolchain.link import link_pair
+
+    root, pipeline_path, _ = cross
+    pipeline = load_pipeline(pipeline_path)
+    target = pipeline.targets["cortex-m3"]
+    bound = fsutil.read_json(root / "out" / "cortex-m3" / "sine" / "sizes.json")["stack_bound"]
+    small = replace(target, board=board_with_memory(target.board, stack_size=bound["bytes"] - 8))
+    p = Pair.at(PipelineFiles(pipeline.out), pipeline.models["sine"], small, pipeline.file)
+    chain = " -> ".join(f"{name} ({frame} B)" for name, frame in zip(bound["path"], bound["frames"]))
+    with pytest.raises(CompileError) as info:
+        link_pair(p)
+    assert str(info.value) == (f"model sine on target cortex-m3 needs up to {bound['bytes']} B of stack, board "
+                               f"mps2-an385 reserves {bound['bytes'] - 8} B (stack_size); the deepest chain: "
+                               f"{chain}. HINT: raise the board's memory.stack_size in mps2-an385.toml, or make "
+                               "the model smaller")
+    assert chain.startswith("sine_run (32 B) -> ")
+    assert not p.files.program.exists()
+    again = run_doit(pipeline_path, "build")
+    assert again.returncode == 0 and "link:cortex-m3/sine" in again.executed()
 
 
 def test_missing_toolchain_names_the_debian_package(cross, tmp_path):

@@ -3,6 +3,7 @@ host and on Cortex-M4."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 
 import pytest
@@ -87,6 +88,18 @@ def test_one_registry_and_entry_point_for_every_kernel(built, target_name):
     count = sum(len(fsutil.read_json(out / target_name / m / "classification.json")["registry"])
                 for m in MODELS)
     assert f"crtforge-registry {count}\n" in (fw / "run.log").read_text()
+
+
+def test_the_stack_bound_is_the_deepest_model_run(built):
+    out, _, _ = built
+    fw = out / "cortex-m4" / "_firmware" / "duo"
+    bound = fsutil.read_json(fw / "sizes.json")["stack_bound"]
+    alone = {m: fsutil.read_json(out / "cortex-m4" / m / "sizes.json")["stack_bound"] for m in MODELS}
+    deepest = max(alone.values(), key=lambda b: b["bytes"])
+    assert bound == deepest  # the same kernels and runtime as each model's own program
+    painted = int(re.search(r"^crtforge-stack (\d+)$", (fw / "run.log").read_text(), re.M).group(1))
+    assert 0 < painted <= bound["bytes"] < 32768  # the harness paints around each model's run
+    assert fsutil.read_json(out / "host" / "_firmware" / "duo" / "sizes.json")["stack_bound"] is None
 
 
 def test_a_second_build_runs_nothing(built):

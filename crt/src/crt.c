@@ -83,9 +83,11 @@ int TVMBackendFreeWorkspace(int device_type, int device_id, void* ptr) {
 
 /* TVM's LLVM kernels call the workspace functions through these pointers, which kernels.o defines weak
  * and null (a dlopen-ed library would have them filled in at load time). Defined strongly here, the
- * static link resolves them to the functions above; C kernels call the functions directly. */
-void* (*__TVMBackendAllocWorkspace)(int, int, uint64_t, int, int) = TVMBackendAllocWorkspace;
-int (*__TVMBackendFreeWorkspace)(int, int, void*) = TVMBackendFreeWorkspace;
+ * static link resolves them to the functions above; C kernels call the functions directly. Const, so that
+ * on a bare-metal board they live in flash, where the worst-case stack (tasks/toolchain/callees.py) may read
+ * which function a kernel calls through them. */
+void* (*const __TVMBackendAllocWorkspace)(int, int, uint64_t, int, int) = TVMBackendAllocWorkspace;
+int (*const __TVMBackendFreeWorkspace)(int, int, void*) = TVMBackendFreeWorkspace;
 
 /* An FFI tensor object holds its DLTensor after a 24-byte object header (as TVM's own kernels assume). */
 #define CRTFORGE_FFI_TENSOR_DLTENSOR_OFFSET 24

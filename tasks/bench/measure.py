@@ -243,6 +243,7 @@ def bench_pair(p: Pair, plugin: Path) -> dict[str, Any]:
         "arena": plan["arena_bytes"], "arena_lower_bound": plan["arena_lower_bound"],
         "arena_ratio": round(plan["arena_bytes"] / plan["arena_lower_bound"], 4) if plan["arena_lower_bound"] else 1.0,
         "workspace_peak": workspace, "stack_high_water": stack, "stack_reserved": sizes["stack_bytes"],
+        "stack_bound": sizes.get("stack_bound"),  # the link's worst case (tasks/toolchain/stack.py), bare-metal only
         "wall_ns": host_wall_ns(p) if p.target.runner == "native" else None,
         "kernel_profile": profile,  # per-kernel instructions of the marked program (profile.json), under qemu
     }
@@ -263,6 +264,13 @@ def peer_tflm(source: Path, files: ModelFiles, scratch: Path) -> dict[str, Any]:
 
 def _fmt(x: float | int | None, spec: str = ",") -> str:
     return "n/a" if x is None else format(x, spec)
+
+
+def _stack_bound(bound: dict[str, Any] | None) -> str:
+    """The worst-case stack of sizes.json: bytes, "unbounded: <reason>", or n/a off bare metal."""
+    if bound is None:
+        return "n/a"
+    return _fmt(bound["bytes"]) if bound["bytes"] is not None else f"unbounded: {bound['unbounded']}"
 
 
 def fastest_host(results: list[dict[str, Any]], model: str, measure: str) -> tuple[dict[str, Any] | None,
@@ -379,8 +387,9 @@ def _markdown(results, comparisons, profiles, tuning=()) -> str:
         rows = [r for r in results if r["target"] == target]
         lines += [f"## {target} ({rows[0]['board']}, {rows[0]['backend']}, {rows[0]['profile']})", "",
                   "| model | MACs | instructions | per MAC | flash | kernels | weights | executor+runtime | harness "
-                  "| libc+rest | RAM | arena | arena lower bound | arena/LB | workspace | stack high-water |",
-                  "|---|" + "---:|" * 15]
+                  "| libc+rest | RAM | arena | arena lower bound | arena/LB | workspace | stack high-water "
+                  "| stack bound |",
+                  "|---|" + "---:|" * 16]
         for r in rows:
             f, ram = r["sizes"]["flash"], r["sizes"]["ram"]
             lines.append(f"| {r['model']} | {_fmt(r['macs'])} | {_fmt(r['instructions'])} | "
@@ -388,7 +397,8 @@ def _markdown(results, comparisons, profiles, tuning=()) -> str:
                          f"{_fmt(f['weights'])} | {_fmt(f['executor_runtime'])} | {_fmt(f['harness'])} | "
                          f"{_fmt(f['libc_and_rest'])} | {_fmt(ram['total'])} | {_fmt(r['arena'])} | "
                          f"{_fmt(r['arena_lower_bound'])} | {_fmt(r['arena_ratio'], '.3f')} | "
-                         f"{_fmt(r['workspace_peak'])} | {_fmt(r['stack_high_water'])} |")
+                         f"{_fmt(r['workspace_peak'])} | {_fmt(r['stack_high_water'])} | "
+                         f"{_stack_bound(r['stack_bound'])} |")
         lines.append("")
     if tuning:
         lines += _tuning_lines(tuning)

@@ -25,6 +25,7 @@ from tasks.frontend.importer import ModelSignature, read_signature
 from tasks.layout import PairFiles
 from tasks.pair import Pair
 from tasks.errors import CrtforgeError
+from tasks.toolchain.stack import StackBound, program_stack_bound
 
 CRT_DIR = PROJECT_ROOT / "crt"
 CRT_INCLUDE = CRT_DIR / "include"
@@ -87,16 +88,38 @@ def compile_c(target: TargetConfig, source: Path, obj: Path, include_dirs: list[
     tmp = obj.with_name(f".{obj.name}.tmp")
     # Paths in debug info and __FILE__ relative to the model folder and the project: the same object from any
     # checkout.
-    maps = [f"-ffile-prefix-map={include_dirs[0]}=.", f"-ffile-prefix-map={PROJECT_ROOT}=crtforge"]
+    prefix_map = {str(include_dirs[0]): ".", str(PROJECT_ROOT): "crtforge"}
+    maps = [f"-ffile-prefix-map={old}={new}" for old, new in prefix_map.items()]
     # An assembler file's .incbin names its blob relative to its own folder (weights.S, weights.bin).
     incbin = [f"-Wa,-I{source.parent}"] if source.suffix == ".S" else []
-    argv = [cc, *target.cflags(kernel=source in CRT_KERNEL_SOURCES), *warnings, *maps, *incbin,
+    # On a bare-metal board each function's frame, for the worst-case stack (tasks/toolchain/stack.py); the
+    # compiler names the file after the object it writes.
+    usage = ["-fstack-usage"] if target.board.kind == "bare-metal" and source.suffix == ".c" else []
+    argv = [cc, *target.cflags(kernel=source in CRT_KERNEL_SOURCES), *warnings, *maps, *incbin, *usage,
             *[f"-I{d}" for d in include_dirs], *[f"-D{d}" for d in defines], "-c", str(source), "-o", str(tmp)]
     try:
         _run(argv, f"compiling {source.name}")
+        if usage:
+            _keep_stack_usage(tmp.with_suffix(".su"), stack_usage_file(obj), prefix_map)
         tmp.replace(obj)
     finally:
         tmp.unlink(missing_ok=True)
+        tmp.with_suffix(".su").unlink(missing_ok=True)
+
+
+def _keep_stack_usage(written: Path, kept: Path, prefix_map: dict[str, str]) -> None:
+    """The compiler's .su beside the object, its source paths mapped as -ffile-prefix-map maps the object's (the
+    compiler writes them as given), so that it too is the same from any checkout. Clang writes none for a file
+    without functions: an empty one says so."""
+    text = written.read_text() if written.exists() else ""
+    for old, new in prefix_map.items():
+        text = text.replace(old, new)
+    fsutil.write_text(kept, text)
+
+
+def stack_usage_file(obj: Path) -> Path:
+    """The -fstack-usage file of an object compiled for a bare-metal board."""
+    return obj.with_suffix(".su")
 
 
 def archive(toolchain: Toolchain, objects: list[Path], library: Path) -> None:
@@ -277,6 +300,18 @@ def check_budget(what: str, budget: Budget, key: str, sizes: dict[str, int], are
     return report
 
 
+def check_stack(what: str, board: Board, bound: StackBound) -> None:
+    """Refuse a program whose worst-case stack exceeds the stack the board reserves; an unbounded one is
+    reported (sizes.json), not refused: nothing says it overflows."""
+    mem = board.memory
+    assert mem is not None
+    if bound.bytes is not None and bound.bytes > mem.stack_size:
+        chain = " -> ".join(f"{name} ({frame} B)" for name, frame in zip(bound.path, bound.frames))
+        raise CompileError(f"{what} needs up to {bound.bytes:,} B of stack, board {board.name} reserves "
+                           f"{mem.stack_size:,} B (stack_size); the deepest chain: {chain}. HINT: raise the "
+                           f"board's memory.stack_size in {board.file.name}, or make the model smaller")
+
+
 # --- objects and symbols -------------------------------------------------------------------------------------
 
 def defined_symbols(obj: Path) -> set[str]:
@@ -348,6 +383,8 @@ class LinkJob:
     budget_key: str  # e.g. targets.t.budget: where the budget is set, for the message
     # crt kernels no call reaches: compiled (the same objects for every pair), but not archived
     not_archived: frozenset[Path] = frozenset()
+    # the functions whose worst-case stack a bare-metal program must have room for: each model's <prefix>_run
+    stack_roots: tuple[str, ...] = ()
 
 
 def run_link_job(job: LinkJob) -> None:
@@ -389,17 +426,35 @@ def run_link_job(job: LinkJob) -> None:
     link_program(target, harness_objects, job.library, job.program, script)
 
     program_sizes = section_sizes(job.program, target.board.memory)
+    bound = None
     try:
         budget = check_budget(f"{job.what} on target {target.name}", job.budget, job.budget_key, program_sizes,
                               job.arena_bytes)
-    except CompileError:
+        if target.board.kind == "bare-metal" and job.stack_roots:
+            bound = job_stack_bound(job)
+            check_stack(f"{job.what} on target {target.name}", target.board, bound)
+    except CrtforgeError:  # over the budget or the stack, or objdump missing or failing: no program to trust
         job.program.unlink()
         raise
     stack = target.board.memory.stack_size if target.board.memory else None
     memories = memory_usage(job.program, target.board.memory, target.placement) if target.board.memory else {}
     fsutil.write_json(job.sizes_json, {"program": program_sizes,
                                        "library": library_sizes(library_objects), "memories": memories,
-                                       "arena_bytes": job.arena_bytes, "stack_bytes": stack, "budget": budget})
+                                       "arena_bytes": job.arena_bytes, "stack_bytes": stack, "budget": budget,
+                                       "stack_bound": bound.as_json() if bound else None})
+
+
+def job_stack_bound(job: LinkJob) -> StackBound:
+    """The worst-case stack of the job's roots in its linked program, with the frames -fstack-usage wrote."""
+    toolchain = job.target.toolchain
+    if not toolchain.objdump:
+        return StackBound(job.stack_roots[0], None, f"{toolchain.file.name} names no objdump (key objdump)", (), ())
+    usage = [stack_usage_file(src.object) for src in job.library_sources if src.object is not None]
+    usage += [stack_usage_file(obj) for _, obj in job.harness_sources]
+    mem = job.target.board.memory
+    assert mem is not None
+    return program_stack_bound(require_tool(toolchain, toolchain.objdump), job.program,
+                               [u for u in usage if u.is_file()], job.stack_roots, (mem.flash_origin, mem.flash_size))
 
 
 def link_pair(p: Pair) -> LinkOutputs:
@@ -419,7 +474,7 @@ def link_pair(p: Pair) -> LinkOutputs:
         harness_sources=[(src, f.object_for(src, CRT_DIR)) for src in harness_sources(f, target.board)],
         library=f.library, program=f.program, linker_script=f.linker_script,
         measure_linker_script=f.measure_linker_script, sizes_json=f.sizes_json, arena_bytes=plan["arena_bytes"],
-        budget=target.budget, budget_key=f"targets.{target.name}.budget"))
+        budget=target.budget, budget_key=f"targets.{target.name}.budget", stack_roots=(f"{p.model.prefix}_run",)))
     return LinkOutputs(library=f.library, program=f.program)
 
 
@@ -447,7 +502,9 @@ def link_targets(files: PairFiles, board: Board) -> list[Path]:
     compiled = [src for src, warnings in library_sources(files) if warnings is not None]
     compiled += harness_sources(files, board)
     script = [files.linker_script] if board.kind == "bare-metal" else []
-    return [files.harness_c, *[files.object_for(s, CRT_DIR) for s in compiled], *script, files.library,
+    usage = [stack_usage_file(files.object_for(s, CRT_DIR)) for s in compiled
+             if board.kind == "bare-metal" and s.suffix == ".c"]
+    return [files.harness_c, *[files.object_for(s, CRT_DIR) for s in compiled], *script, *usage, files.library,
             files.program, files.sizes_json]
 
 
