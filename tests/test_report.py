@@ -13,7 +13,7 @@ import pytest
 
 from conftest import ROOT, SINE, host_target, run_doit
 from tasks import fsutil
-from tasks.report.html import ReportEntry, row
+from tasks.report.html import ReportEntry, row, write_report_html
 
 ARTIFACTS = Path(os.environ.get("CRTFORGE_TEST_ARTIFACTS", ROOT / "tests" / "artifacts"))
 
@@ -102,8 +102,19 @@ def test_instructions_of_another_build_are_not_shown(tmp_path):
     stale = row(entry)
     assert stale["instructions"] is None and stale["flash_parts"] == {"code": 60, "read-only data": 30,
                                                                       "initial data": 10}
+    top = [{"index": 1, "kernel": "m_fused_conv2d_add_relu", "source_ops": ["Conv \"c1\"", "Relu \"r1\""],
+            "share": 0.631}, {"index": 0, "kernel": "m_matmul", "source_ops": [], "share": 0.3}]
     fsutil.write_json(tmp_path / "bench.json", {"instructions": 1234, "instructions_per_mac": 2.5, "sizes": split,
-                                                "program_sha256": fsutil.sha256_file(program)})
+                                                "program_sha256": fsutil.sha256_file(program),
+                                                "kernel_profile": {"top": top}})
     fresh = row(entry)
     assert (fresh["instructions"], fresh["per_mac"], fresh["passed"]) == (1234, 2.5, None)
     assert fresh["flash_parts"]["kernels"] == 20
+    assert fresh["top"] == ['#1 fused_conv2d_add_relu (Conv "c1", Relu "r1") 63.1 %', "#0 matmul 30.0 %"]
+    # A page whose pairs are not the last one's: new and removed rows render (the template is strict).
+    fsutil.write_json(tmp_path / "report.json", {"figures": {"t/gone": {"flash": 1, "ram": 1, "instructions": 1}}})
+    summary = write_report_html([entry], "p.toml", tmp_path / "none.json", tmp_path / "report.html",
+                                tmp_path / "report.json")
+    assert {c["figure"] for c in summary["changed"]} == {"(new)", "(removed)"}
+    page = (tmp_path / "report.html").read_text()
+    assert "t/gone" in page and "fused_conv2d_add_relu (Conv &#34;c1&#34;, Relu &#34;r1&#34;) 63.1 %" in page

@@ -83,14 +83,14 @@ def changes(current: dict[str, dict], baseline: dict[str, dict] | None) -> list[
     for key, figs in current.items():
         before = baseline.get(key)
         if before is None:
-            out.append({"pair": key, "figure": "(new)", "before": None, "after": None, "ratio": None})
+            out.append({"pair": key, "figure": "(new)", "before": None, "after": None, "ratio": None, "grew": False})
             continue
         for name in FIGURES:
             old, new = before.get(name), figs.get(name)
             if old is not None and new is not None and old != new:
                 out.append({"pair": key, "figure": name, "before": old, "after": new,
                             "ratio": new / old if old else None, "grew": new > old})
-    out += [{"pair": key, "figure": "(removed)", "before": None, "after": None, "ratio": None}
+    out += [{"pair": key, "figure": "(removed)", "before": None, "after": None, "ratio": None, "grew": False}
             for key in baseline if key not in current]
     return sorted(out, key=lambda c: -(c["ratio"] or 0))
 
