@@ -32,3 +32,5 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; th
   .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
   echo "$want" > "$stamp"
 fi
+# The project on the venv's path: doit loads its run command (doit.cfg) before it reads dodo.py.
+.venv/bin/python -c 'import site, sys; open(site.getsitepackages()[0] + "/crtforge.pth", "w").write(sys.argv[1] + "\n")' "$PWD"

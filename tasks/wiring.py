@@ -24,6 +24,7 @@ from doit.tools import config_changed
 from tasks import deps, fsutil
 from tasks.config import (PROJECT_ROOT, ConfigError, FirmwareConfig, ModelConfig, Pipeline, TargetConfig,
                           load_pipeline, settings)
+from tasks.dask_run import RemoteCall
 from tasks.errors import CrtforgeError
 from tasks.layout import PipelineFiles
 from tasks.pair import (BUILD, CLASSIFY, CODEGEN, COMPARE, EXECUTE, FIRMWARE, FIRMWARE_TEST, IMPORT, LINK, PACKAGE,
@@ -56,6 +57,7 @@ def _action(func: Callable[..., Any], *args: Any) -> tuple[Callable[[], Any], tu
         return None
 
     run.__name__ = getattr(func, "function", getattr(func, "__name__", "stage"))
+    run.crtforge_call = RemoteCall(func, args)  # what `-P dask` ships to a worker (tasks/dask_run.py)
     return (run, (), {})
 
 
