@@ -32,5 +32,6 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; th
   .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
   echo "$want" > "$stamp"
 fi
-# The project on the venv's path: doit loads its run command (doit.cfg) before it reads dodo.py.
-.venv/bin/python -c 'import site, sys; open(site.getsitepackages()[0] + "/crtforge.pth", "w").write(sys.argv[1] + "\n")' "$PWD"
+# The project on the venv's path, relative to it (a checkout moved with its .venv still works): doit loads its run
+# command (doit.cfg) before it reads dodo.py.
+.venv/bin/python -c 'import os, site; d = site.getsitepackages()[0]; open(d + "/crtforge.pth", "w").write(os.path.relpath(".", d) + "\n")'
