@@ -13,8 +13,16 @@ and a pipeline that moves `out` away and back finds the database that matches wh
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def project_relative(path: Path) -> str:
+    """A path as generated files record it: relative to the project (two clones write the same bytes)."""
+    return os.path.relpath(Path(path).resolve(), PROJECT_ROOT)
 
 # Per backend: the kernels file the build stage writes, and the metadata module files codegen writes.
 KERNELS_FILE = {"c": "kernels.c", "llvm": "kernels.o"}

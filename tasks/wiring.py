@@ -161,22 +161,22 @@ def import_tasks(pipeline: Pipeline) -> Iterator[dict[str, Any]]:
     out = PipelineFiles(pipeline.out)
     for model in _models_used(pipeline):
         files = out.model(model.name)
-        yield {"name": model.name, "doc": "import the model (ONNX/TFLite) into Relax; record its signature",
-               "actions": [_action(IMPORT, model, files)],
-               "file_dep": _paths(*model.import_files()) + list(deps.code_files(IMPORT.module)),
-               "targets": _paths(files.import_json), "uptodate": _uptodate(IMPORT.name, model), "clean": True}
+        yield _cached(pipeline, "import", {
+            "name": model.name, "doc": "import the model (ONNX/TFLite) into Relax; record its signature",
+            "actions": [_action(IMPORT, model, files)],
+            "file_dep": _paths(*model.import_files()) + list(deps.code_files(IMPORT.module)),
+            "targets": _paths(files.import_json), "uptodate": _uptodate(IMPORT.name, model), "clean": True})
 
 
 def reference_tasks(pipeline: Pipeline) -> Iterator[dict[str, Any]]:
     out = PipelineFiles(pipeline.out)
     for model in _models_used(pipeline):
         files = out.model(model.name)
-        yield {"name": model.name,
-               "doc": "inputs and reference outputs of a model (expected, onnxruntime, TFLM or TVM's VM)",
-               "actions": [_action(REFERENCE, model, files)],
-               "file_dep": _paths(*model.files(), files.import_json) + list(deps.code_files(REFERENCE.module)),
-               "targets": _paths(*files.reference_files), "uptodate": _uptodate(REFERENCE.name, model),
-               "clean": True}
+        yield _cached(pipeline, "reference", {
+            "name": model.name, "doc": "inputs and reference outputs of a model (expected, onnxruntime, TFLM or TVM's VM)",
+            "actions": [_action(REFERENCE, model, files)],
+            "file_dep": _paths(*model.files(), files.import_json) + list(deps.code_files(REFERENCE.module)),
+            "targets": _paths(*files.reference_files), "uptodate": _uptodate(REFERENCE.name, model), "clean": True})
 
 
 def _pair_task(pipeline: Pipeline, stage: Stage, model: ModelConfig, target: TargetConfig, doc: str,
@@ -185,6 +185,21 @@ def _pair_task(pipeline: Pipeline, stage: Stage, model: ModelConfig, target: Tar
     return {"name": p.name, "doc": doc, "actions": [_action(stage, p)],
             "file_dep": _paths(*reads) + list(deps.code_files(stage.module)) + list(extra_code),
             "targets": _paths(*writes), "uptodate": _uptodate(stage.name, model, target), "clean": True}
+
+
+def _cached(pipeline: Pipeline, basename: str, task: dict[str, Any], compiler: str | None = None) -> dict[str, Any]:
+    """The stage task (doit's `basename:name`) with its action run through the content-addressed cache
+    (tasks/cache.py), keyed by what doit checks too: its files, its settings (its config_changed), and the
+    compiler's version."""
+    from tasks.cache import CacheSpec, run_cached
+
+    (run, _, _), = task["actions"]
+    call = run.crtforge_call
+    spec = CacheSpec(task=f"{basename}:{task['name']}", stage=f"{call.func.module}.{call.func.function}",
+                     root=pipeline.file.parent,
+                     file_dep=tuple(Path(d) for d in task["file_dep"]), targets=tuple(Path(t) for t in task["targets"]),
+                     config=[u.config for u in task["uptodate"] if isinstance(u, config_changed)], compiler=compiler)
+    return {**task, "actions": [_action(run_cached, spec, call.func, *call.args)]}
 
 
 def _tune_reads(p: Pair) -> list[Path]:
@@ -204,7 +219,7 @@ def tune_tasks(pipeline: Pipeline) -> Iterator[dict[str, Any]]:
         # Settings of every stage a candidate passes through: it is built, linked and run like the pair.
         task["uptodate"] = [config_changed({"model": settings(model, "tune"), "versions": deps.versions(),
                                             "target": settings(target, "tune", "build", "link", "run")})]
-        yield task
+        yield _cached(pipeline, "tune", task, target.toolchain.cc)
 
 
 def retune_tasks(pipeline: Pipeline) -> Iterator[dict[str, Any]]:
@@ -222,28 +237,29 @@ def relax_tasks(pipeline: Pipeline) -> Iterator[dict[str, Any]]:
         p = _pair(pipeline, model, target)
         f = p.files
         records = [*f.tune.database] if target.tune else []
-        yield _pair_task(pipeline, BUILD, model, target,
-                         "TVM build: lower with the Relax pipeline, compile the kernels, extract the plan",
-                         [*model.import_files(), p.model_files.import_json, *records],
-                         [f.kernels, f.plan_json, f.params_npz, f.modules_json, f.external_c])
+        yield _cached(pipeline, "relax", _pair_task(pipeline, BUILD, model, target,
+                                           "TVM build: lower with the Relax pipeline, compile the kernels, extract "
+                                           "the plan", [*model.import_files(), p.model_files.import_json, *records],
+                                           [f.kernels, f.plan_json, f.params_npz, f.modules_json, f.external_c]))
 
 
 def classify_tasks(pipeline: Pipeline) -> Iterator[dict[str, Any]]:
     for model, target in pipeline.pairs():
         f = _pair(pipeline, model, target).files
-        yield _pair_task(pipeline, CLASSIFY, model, target,
-                         "classify every runtime module: registry, constants or refused",
-                         [f.modules_json], [f.classification_json])
+        yield _cached(pipeline, "classify", _pair_task(pipeline, CLASSIFY, model, target,
+                                           "classify every runtime module: registry, constants or refused",
+                                           [f.modules_json], [f.classification_json]))
 
 
 def codegen_tasks(pipeline: Pipeline) -> Iterator[dict[str, Any]]:
     for model, target in pipeline.pairs():
         p = _pair(pipeline, model, target)
         f = p.files
-        yield _pair_task(pipeline, CODEGEN, model, target,
-                         "generate the metadata module (registry), executor.c, the weights and the model header",
-                         [f.plan_json, f.params_npz, f.classification_json, p.model_files.import_json, model.source],
-                         [*f.metadata, f.executor_c, f.weights_asm, f.weights_bin, f.header])
+        yield _cached(pipeline, "codegen", _pair_task(pipeline, CODEGEN, model, target,
+                                           "generate the metadata module (registry), executor.c, the weights and "
+                                           "the model header", [f.plan_json, f.params_npz, f.classification_json,
+                                                                p.model_files.import_json, model.source],
+                                           [*f.metadata, f.executor_c, f.weights_asm, f.weights_bin, f.header]))
 
 
 def link_tasks(pipeline: Pipeline) -> Iterator[dict[str, Any]]:
@@ -252,11 +268,12 @@ def link_tasks(pipeline: Pipeline) -> Iterator[dict[str, Any]]:
     for model, target in pipeline.pairs():
         p = _pair(pipeline, model, target)
         f = p.files
-        yield _pair_task(pipeline, LINK, model, target,
-                         "compile & link lib<model>.a and the test program with the target's toolchain",
-                         [*link_inputs(f), f.header, p.model_files.import_json, f.plan_json,
-                          f.classification_json, p.model_files.inputs_npz, model.source],
-                         link_targets(f, target.board), CRT_FILES)
+        yield _cached(pipeline, "link", _pair_task(pipeline, LINK, model, target,
+                                           "compile & link lib<model>.a and the test program with the target's "
+                                           "toolchain", [*link_inputs(f), f.header, p.model_files.import_json,
+                                                         f.plan_json, f.classification_json,
+                                                         p.model_files.inputs_npz, model.source],
+                                           link_targets(f, target.board), CRT_FILES), target.toolchain.cc)
 
 
 def run_tasks(pipeline: Pipeline) -> Iterator[dict[str, Any]]:

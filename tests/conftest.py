@@ -38,9 +38,10 @@ def doit_argv(pipeline: Path, *args: str, root: Path = ROOT) -> list[str]:
             f"pipeline={pipeline}"]
 
 
-def run_doit(pipeline: Path, *args: str, root: Path = ROOT) -> DoitResult:
-    """doit on `pipeline` with the dodo.py of `root` (the repository, or a copy of it)."""
-    proc = subprocess.run(doit_argv(pipeline, *args, root=root), capture_output=True, text=True, timeout=600)
+def run_doit(pipeline: Path, *args: str, root: Path = ROOT, env: dict[str, str] | None = None) -> DoitResult:
+    """doit on `pipeline` with the dodo.py of `root` (the repository, or a copy of it); `env`: its environment."""
+    proc = subprocess.run(doit_argv(pipeline, *args, root=root), capture_output=True, text=True, timeout=600,
+                          env=env)
     return DoitResult(proc.returncode, proc.stdout, proc.stderr)
 
 

@@ -23,7 +23,7 @@ from tasks.compile.plan import (ARENA_ALIGN, HOME_ARENA, HOME_CONST, HOME_INPUT,
 from tasks.errors import CrtforgeError
 from tasks.frontend.importer import ModelSignature, load_relax_with_sources, read_signature
 from tasks.frontend.sources import SourceOps, call_sources, function_sources, match_calls
-from tasks.layout import PairFiles
+from tasks.layout import PairFiles, project_relative
 from tasks.pair import Pair
 
 # Runtime checks the VM does on `main`'s arguments; the typed C API makes them hold statically.
@@ -113,7 +113,7 @@ def apply_records(mod, records: Path):
         mod = relax.transform.MetaScheduleApplyDatabase()(mod)
     tuned = sorted(gv.name_hint for gv, f in mod.functions.items()
                    if isinstance(f, tvm.tirx.PrimFunc) and f.attrs and f.attrs.get("tirx.is_scheduled"))
-    return mod, TuningUse(records=str(records), tuned=tuned, default=sorted(known - set(tuned)),
+    return mod, TuningUse(records=project_relative(records), tuned=tuned, default=sorted(known - set(tuned)),
                           missing=sorted(set(kernels) - known))
 
 

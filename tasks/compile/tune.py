@@ -34,7 +34,7 @@ import numpy as np
 from tasks import fsutil
 from tasks.config import TargetConfig, Tune
 from tasks.errors import CrtforgeError
-from tasks.layout import TuneFiles
+from tasks.layout import TuneFiles, project_relative
 from tasks.pair import Pair
 
 KERNEL_SYMBOL = "crtforge_tune_kernel"
@@ -485,7 +485,7 @@ def tune_pair(p: Pair) -> TuneResult:
                                      for kr in summary.get("kernels", [])],
                             trials=summary.get("trials", 0), seconds=summary.get("seconds", 0.0),
                             records_bytes=committed.nbytes)
-        fsutil.write_json(p.files.tune.summary_json, {**result.to_dict(), "committed": str(committed.dir)})
+        fsutil.write_json(p.files.tune.summary_json, {**result.to_dict(), "committed": project_relative(committed.dir)})
         return result
     result = search(p, p.target.tune, p.files.tune.dir)
     fsutil.write_json(p.files.tune.summary_json, result.to_dict())
