@@ -1,12 +1,12 @@
-"""`doit build -P dask`: doit plans, a Dask cluster runs the stages.
+"""`doit -P dask build`: doit plans, a Dask cluster runs the stages.
 
-doit has no distributed runner (pydoit/doit#257). This command is doit's `run` (registered in doit.cfg) with one
-more parallel type: with `-P dask`, doit still decides what is up to date and keeps its dependency database in
-this process, and each stage's action is shipped to a Dask `distributed` cluster: the scheduler at
-`scheduler=ADDR`, or a LocalCluster of this machine's cores (`-n N` workers) when none is given. A worker that
-dies mid-task loses nothing (every output is written to a temporary name and renamed): the scheduler runs the
-task again on another worker, up to ALLOWED_FAILURES times. Workers must see the project and its out folder at
-the same paths (one machine, or a shared file system).
+doit has no distributed runner (pydoit/doit#257). doit's `run` command gets one more parallel type
+(doit_plugins.py, registered in doit.cfg): with `-P dask`, doit still decides what is up to date and keeps its
+dependency database in this process, and each stage's action is shipped to a Dask `distributed` cluster: the
+scheduler at `scheduler=ADDR`, or a LocalCluster of this machine's cores (`-n N` workers) when none is given. A
+worker that dies mid-task loses nothing (every output is written to a temporary name and renamed): the scheduler
+runs the task again on another worker, up to ALLOWED_FAILURES times. Workers must see the project and its out
+folder at the same paths (one machine, or a shared file system).
 
 Only stage actions travel (tasks/wiring.py `_action`: a module function and picklable arguments); the few
 actions that summarise many pairs (the results table, bench.md) run here, as they read what the stages wrote.
@@ -22,7 +22,6 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from doit.cmd_run import Run
 from doit.control import TaskControl
 from doit.exceptions import BaseFail, TaskError, TaskFailed
 from doit.runner import MThreadRunner
@@ -57,15 +56,15 @@ def remote_call(task) -> RemoteCall | None:
     return getattr(getattr(task.actions[0], "py_callable", None), "crtforge_call", None)
 
 
-def run_remote(call: RemoteCall) -> tuple[BaseFail | None, str]:
-    """On a worker: the stage, its failure as doit's TaskFailed, and what it printed."""
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
+def run_remote(call: RemoteCall) -> tuple[BaseFail | None, str, str]:
+    """On a worker: the stage, its failure as doit's TaskFailed, and what it printed on stdout and stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
             call.func(*call.args)
         except CrtforgeError as e:
-            return TaskFailed(str(e)), out.getvalue()
-    return None, out.getvalue()
+            return TaskFailed(str(e)), out.getvalue(), err.getvalue()
+    return None, out.getvalue(), err.getvalue()
 
 
 class DaskRunner(MThreadRunner):
@@ -86,11 +85,12 @@ class DaskRunner(MThreadRunner):
         future = self.client.submit(run_remote, call, key=f"{task.name}-{uuid.uuid4().hex[:8]}", pure=False,
                                     resources=STAGE_RESOURCES.get(basename))
         try:
-            failure, printed = future.result()
+            failure, printed, warned = future.result()
         except Exception as e:  # the stage raised something not ours, or its worker died ALLOWED_FAILURES times
             return TaskError(f"{task.name} failed on the cluster: {type(e).__name__}: {e}")
         if printed and (task.verbosity == 2 or failure is not None):
             sys.stdout.write(printed)
+        sys.stderr.write(warned)  # as doit shows a local task's stderr (the cache's lines)
         return failure
 
 
@@ -134,33 +134,26 @@ def connect(address: str | None, workers: int):
                 cluster.close()
 
 
-class DaskRun(Run):
-    """doit's run command, with `-P dask`."""
+def execute(command, outfile, verbosity, always, continue_, reporter, num_process, auto_delayed_regex,
+            force_verbosity, failure_verbosity) -> int:
+    """doit's run command's `_execute` for `-P dask` (doit_plugins.py): the tasks it selected, run on the cluster."""
+    from doit import get_var
+    from doit.task import Stream
 
-    def _execute(self, outfile, verbosity=None, always=False, continue_=False, reporter="console", num_process=0,
-                 par_type="process", single=False, auto_delayed_regex=False, force_verbosity=False,
-                 failure_verbosity=0, pdb=False):
-        if par_type != "dask":
-            return super()._execute(outfile, verbosity, always, continue_, reporter, num_process, par_type, single,
-                                    auto_delayed_regex, force_verbosity, failure_verbosity, pdb)
-        from doit import get_var
-        from doit.task import Stream
-
-        self.control = TaskControl(self.task_list, auto_delayed_regex=auto_delayed_regex)
-        self.control.process(self.sel_tasks)
-        reporter_cls = self.reporters[reporter] if isinstance(reporter, str) else reporter
+    command.control = TaskControl(command.task_list, auto_delayed_regex=auto_delayed_regex)
+    command.control.process(command.sel_tasks)
+    reporter_cls = command.reporters[reporter] if isinstance(reporter, str) else reporter
+    try:
         if isinstance(outfile, str):
             raise DaskRunError("-P dask writes its report to the console only. HINT: leave out --output-file")
         reporter_obj = (reporter_cls(outfile, {"failure_verbosity": failure_verbosity})
                         if isinstance(reporter_cls, type) else reporter_cls)
         workers = num_process or os.cpu_count() or 1
-        try:
-            with connect(get_var("scheduler"), workers) as client:
-                threads = max(workers, sum(w["nthreads"] for w in client.scheduler_info()["workers"].values()))
-                runner = DaskRunner(client, self.dep_manager, reporter_obj, continue_, always,
-                                    Stream(verbosity, force_verbosity), threads)
-                return runner.run_all(self.control.task_dispatcher())
-        except DaskRunError as e:
-            sys.stderr.write(f"crtforge: {e}\n")
-            return 3
-
+        with connect(get_var("scheduler"), workers) as client:
+            threads = max(workers, sum(w["nthreads"] for w in client.scheduler_info()["workers"].values()))
+            runner = DaskRunner(client, command.dep_manager, reporter_obj, continue_, always,
+                                Stream(verbosity, force_verbosity), threads)
+            return runner.run_all(command.control.task_dispatcher())
+    except DaskRunError as e:
+        sys.stderr.write(f"crtforge: {e}\n")
+        return 3

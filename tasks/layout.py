@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+from tasks.config import PROJECT_ROOT
 
 
 def project_relative(path: Path) -> str:
