@@ -196,7 +196,8 @@ def restore(client, store: Store, spec: CacheSpec, key: str, raw: bytes) -> None
 
 
 def publish(client, store: Store, spec: CacheSpec, key: str) -> int:
-    """Store the task's outputs and then its manifest (a manifest never names a blob not yet stored)."""
+    """Store the task's outputs and then its manifest (a manifest never names a blob not yet stored); how many
+    objects were new (the others the store held already: the same bytes from another task or builder)."""
     manifest = {}
     written = 0
     for target in spec.targets:
@@ -241,8 +242,8 @@ def run_cached(spec: CacheSpec, func: Callable[..., Any], *args: Any) -> Any:
     result = func(*args)
     if all(t.is_file() for t in spec.targets):
         try:
-            publish(client, store, spec, key)
-            say(f"published {spec.task}")
+            new = publish(client, store, spec, key)
+            say(f"published {spec.task} ({new} of {len(spec.targets)} files new to the store)")
         except (BotoCoreError, ClientError) as e:
             say(f"{spec.task}: cannot publish ({type(e).__name__}); the build goes on")
     return result
