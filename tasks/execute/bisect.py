@@ -25,6 +25,7 @@ from tasks.errors import CrtforgeError
 from tasks.execute.compare import compare_one
 from tasks.execute.run import RunError, run_logged
 from tasks.frontend.importer import ModelSignature, read_signature
+from tasks.frontend.reference import onnxruntime_session, tflm_invoked
 from tasks.pair import Pair
 
 
@@ -126,16 +127,11 @@ def onnx_intermediates(source: Path, sig: ModelSignature, inputs: dict[str, np.n
                        names: list[str]) -> dict[str, np.ndarray]:
     """onnxruntime with `names` added to the graph's outputs, graph optimisations off (every node as written)."""
     import onnx
-    import onnxruntime as ort
 
     model = onnx.load(str(source))
     have = {o.name for o in model.graph.output}
     model.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in have)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    feed = {i.name: inputs[s.c_name] for i, s in zip(session.get_inputs(), sig.inputs)}
+    session, feed = onnxruntime_session(model.SerializeToString(), sig, inputs, optimise=False)
     wanted = [o.name for o in session.get_outputs()]
     return {n: np.asarray(v) for n, v in zip(wanted, session.run(wanted, feed)) if n in names}
 
@@ -144,15 +140,10 @@ def tflite_intermediates(source: Path, sig: ModelSignature, inputs: dict[str, np
                          names: list[str]) -> dict[str, np.ndarray]:
     """TFLM's interpreter keeping every tensor, each asked for by its index in the model's first subgraph."""
     import tflite
-    from tflite_micro import runtime
 
     subgraph = tflite.Model.GetRootAsModel(source.read_bytes(), 0).Subgraphs(0)
     index = {subgraph.Tensors(i).Name().decode(): i for i in range(subgraph.TensorsLength())}
-    interpreter = runtime.Interpreter.from_file(str(source),
-                                                intrepreter_config=runtime.InterpreterConfig.kPreserveAllTensors)
-    for i, s in enumerate(sig.inputs):
-        interpreter.set_input(inputs[s.c_name], i)
-    interpreter.invoke()
+    interpreter = tflm_invoked(source, sig, inputs, keep_all_tensors=True)
     found = {}
     for n in names:
         if n in index:

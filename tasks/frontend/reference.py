@@ -115,15 +115,20 @@ def onnxruntime_outputs(source: Path, sig: ModelSignature, inputs: dict[str, np.
     optimisations off, QuantizeLinear/DequantizeLinear as the model writes them: optimised, onnxruntime fuses
     them into integer kernels whose results depend on the host CPU (on AVX2 without VNNI its u8s8 dot products
     saturate: up to 10 LSB off on the bench MLP), which no target can be expected to reproduce."""
+    session, feed = onnxruntime_session(str(source), sig, inputs, optimise=not _is_qdq(source))
+    return {s.c_name: np.asarray(r) for s, r in zip(sig.outputs, session.run(None, feed))}
+
+
+def onnxruntime_session(model: str | bytes, sig: ModelSignature, inputs: dict[str, np.ndarray], optimise: bool):
+    """A single-threaded CPU session of `model` (a path or the serialised model), and its feed of `inputs`."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
-    if _is_qdq(source):
+    if not optimise:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
-    feed = {i.name: inputs[s.c_name] for i, s in zip(session.get_inputs(), sig.inputs)}
-    return {s.c_name: np.asarray(r) for s, r in zip(sig.outputs, session.run(None, feed))}
+    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    return session, {i.name: inputs[s.c_name] for i, s in zip(session.get_inputs(), sig.inputs)}
 
 
 def _is_qdq(source: Path) -> bool:
@@ -135,13 +140,21 @@ def _is_qdq(source: Path) -> bool:
 
 def tflm_outputs(source: Path, sig: ModelSignature, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """TFLM's interpreter (the tflite-micro package): the reference for TFLite models."""
+    interpreter = tflm_invoked(source, sig, inputs)
+    return {s.c_name: np.array(interpreter.get_output(i)).reshape(s.shape) for i, s in enumerate(sig.outputs)}
+
+
+def tflm_invoked(source: Path, sig: ModelSignature, inputs: dict[str, np.ndarray], keep_all_tensors: bool = False):
+    """TFLM's interpreter after one invoke on `inputs`; `keep_all_tensors`: every tensor readable (GetTensor)."""
     from tflite_micro import runtime
 
-    interpreter = runtime.Interpreter.from_file(str(source))
+    config = (runtime.InterpreterConfig.kPreserveAllTensors if keep_all_tensors
+              else runtime.InterpreterConfig.kAllocationRecording)
+    interpreter = runtime.Interpreter.from_file(str(source), intrepreter_config=config)
     for i, s in enumerate(sig.inputs):
         interpreter.set_input(inputs[s.c_name], i)
     interpreter.invoke()
-    return {s.c_name: np.array(interpreter.get_output(i)).reshape(s.shape) for i, s in enumerate(sig.outputs)}
+    return interpreter
 
 
 def tvm_outputs(source: Path, sig: ModelSignature, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -55,12 +55,12 @@ def attribute(main, ops: list[SourceOp]) -> SourceOps:
     from tvm import relax
 
     bindings = [b for block in main.body.blocks for b in block.bindings]
+    # Relax expressions hash and compare by object (as the plan's Var tables use them): one lookup per output.
+    bound_var = {b.var: i for i, b in enumerate(bindings)}
+    bound_call = {b.value: i for i, b in enumerate(bindings) if isinstance(b.value, relax.Call)}
 
     def position(expr) -> int | None:
-        for i, b in enumerate(bindings):
-            if b.var.same_as(expr) or (isinstance(expr, relax.Call) and b.value.same_as(expr)):
-                return i
-        return None
+        return bound_call.get(expr) if isinstance(expr, relax.Call) else bound_var.get(expr)
 
     ends = []  # (position of the op's last output binding, label)
     for op in ops:
