@@ -25,7 +25,7 @@ from tasks.errors import CrtforgeError
 from tasks.execute.compare import compare_one
 from tasks.execute.run import RunError, run_logged
 from tasks.frontend.importer import ModelSignature, read_signature
-from tasks.frontend.reference import onnxruntime_session, tflm_invoked
+from tasks.frontend.reference import format_runtime, onnxruntime_session, tflm_invoked
 from tasks.pair import Pair
 
 
@@ -155,9 +155,9 @@ def tflite_intermediates(source: Path, sig: ModelSignature, inputs: dict[str, np
 def reference_intermediates(p: Pair, names: list[str]) -> tuple[str, dict[str, np.ndarray]]:
     sig = read_signature(p.model_files.import_json)
     inputs = fsutil.load_npz(p.model_files.inputs_npz)
-    if p.model.source.suffix == ".onnx":
-        return "onnxruntime", onnx_intermediates(p.model.source, sig, inputs, names)
-    return "tflm", tflite_intermediates(p.model.source, sig, inputs, names)
+    kind = format_runtime(p.model.source)
+    intermediates = {"onnxruntime": onnx_intermediates, "tflm": tflite_intermediates}[kind]
+    return kind, intermediates(p.model.source, sig, inputs, names)
 
 
 # --- comparing -----------------------------------------------------------------------------------------------

@@ -171,7 +171,12 @@ def reference_kind(model: ModelConfig) -> str:
         return f"expected ({model.expected.name})"
     if model.reference != "auto":
         return model.reference
-    return next(kind for kind, suffix in REFERENCE_FORMATS.items() if suffix == model.source.suffix)
+    return format_runtime(model.source)
+
+
+def format_runtime(source: Path) -> str:
+    """The independent runtime for a model file's format: onnxruntime for ONNX, TFLM for TFLite."""
+    return next(kind for kind, suffix in REFERENCE_FORMATS.items() if suffix == source.suffix)
 
 
 def reference_model(model: ModelConfig, files: ModelFiles) -> str:
