@@ -237,29 +237,31 @@ def relax_tasks(pipeline: Pipeline) -> Iterator[dict[str, Any]]:
         p = _pair(pipeline, model, target)
         f = p.files
         records = [*f.tune.database] if target.tune else []
-        yield _cached(pipeline, "relax", _pair_task(pipeline, BUILD, model, target,
-                                           "TVM build: lower with the Relax pipeline, compile the kernels, extract "
-                                           "the plan", [*model.import_files(), p.model_files.import_json, *records],
-                                           [f.kernels, f.plan_json, f.params_npz, f.modules_json, f.external_c]))
+        task = _pair_task(pipeline, BUILD, model, target,
+                          "TVM build: lower with the Relax pipeline, compile the kernels, extract the plan",
+                          [*model.import_files(), p.model_files.import_json, *records],
+                          [f.kernels, f.plan_json, f.params_npz, f.modules_json, f.external_c])
+        yield _cached(pipeline, "relax", task)
 
 
 def classify_tasks(pipeline: Pipeline) -> Iterator[dict[str, Any]]:
     for model, target in pipeline.pairs():
         f = _pair(pipeline, model, target).files
-        yield _cached(pipeline, "classify", _pair_task(pipeline, CLASSIFY, model, target,
-                                           "classify every runtime module: registry, constants or refused",
-                                           [f.modules_json], [f.classification_json]))
+        task = _pair_task(pipeline, CLASSIFY, model, target,
+                          "classify every runtime module: registry, constants or refused",
+                          [f.modules_json], [f.classification_json])
+        yield _cached(pipeline, "classify", task)
 
 
 def codegen_tasks(pipeline: Pipeline) -> Iterator[dict[str, Any]]:
     for model, target in pipeline.pairs():
         p = _pair(pipeline, model, target)
         f = p.files
-        yield _cached(pipeline, "codegen", _pair_task(pipeline, CODEGEN, model, target,
-                                           "generate the metadata module (registry), executor.c, the weights and "
-                                           "the model header", [f.plan_json, f.params_npz, f.classification_json,
-                                                                p.model_files.import_json, model.source],
-                                           [*f.metadata, f.executor_c, f.weights_asm, f.weights_bin, f.header]))
+        task = _pair_task(pipeline, CODEGEN, model, target,
+                          "generate the metadata module (registry), executor.c, the weights and the model header",
+                          [f.plan_json, f.params_npz, f.classification_json, p.model_files.import_json, model.source],
+                          [*f.metadata, f.executor_c, f.weights_asm, f.weights_bin, f.header])
+        yield _cached(pipeline, "codegen", task)
 
 
 def link_tasks(pipeline: Pipeline) -> Iterator[dict[str, Any]]:
@@ -268,12 +270,12 @@ def link_tasks(pipeline: Pipeline) -> Iterator[dict[str, Any]]:
     for model, target in pipeline.pairs():
         p = _pair(pipeline, model, target)
         f = p.files
-        yield _cached(pipeline, "link", _pair_task(pipeline, LINK, model, target,
-                                           "compile & link lib<model>.a and the test program with the target's "
-                                           "toolchain", [*link_inputs(f), f.header, p.model_files.import_json,
-                                                         f.plan_json, f.classification_json,
-                                                         p.model_files.inputs_npz, model.source],
-                                           link_targets(f, target.board), CRT_FILES), target.toolchain.cc)
+        task = _pair_task(pipeline, LINK, model, target,
+                          "compile & link lib<model>.a and the test program with the target's toolchain",
+                          [*link_inputs(f), f.header, p.model_files.import_json, f.plan_json, f.classification_json,
+                           p.model_files.inputs_npz, model.source],
+                          link_targets(f, target.board), CRT_FILES)
+        yield _cached(pipeline, "link", task, target.toolchain.cc)
 
 
 def run_tasks(pipeline: Pipeline) -> Iterator[dict[str, Any]]:

@@ -20,8 +20,8 @@ PIPELINE = f'[models.sine]\nsource = "{SINE}"\n' + M4 + HOST
 
 @pytest.fixture(scope="module")
 def tuned(tmp_path_factory):
-    """One tuned build and test of the sine model on Cortex-M4 and the host, then `doit retune` of the M4 pair.
-    The first search's records are kept in searched/<target>: the retune replaces out/'s with a search of its own,
+    """One tuned build and test of the sine model on Cortex-M4 and the host, then `doit retune` of the M4 pair on a
+    local Dask cluster of two workers, which measure its trials. The first search's records are kept in searched/<target>: the retune replaces out/'s with a search of its own,
     which under another load may measure other candidates, while plan.json stays the first build's."""
     d = tmp_path_factory.mktemp("tune")
     pipeline = d / "pipeline.toml"
@@ -32,7 +32,7 @@ def tuned(tmp_path_factory):
     kernels = {t: out.pair(t, "sine", "sine", "llvm").kernels.read_bytes() for t in ("m4", "hostllvm")}
     for t in ("m4", "hostllvm"):
         shutil.copytree(out.pair(t, "sine", "sine", "llvm").tune.dir, d / "searched" / t)
-    retune = run_doit(pipeline, "retune:m4/sine")
+    retune = run_doit(pipeline, "-P", "dask", "-n", "2", "retune:m4/sine")
     assert retune.returncode == 0, retune.stdout + retune.stderr
     return d, pipeline, out, test, kernels, retune
 
@@ -48,6 +48,7 @@ def test_search_reports_progress_and_writes_the_best_record_of_each_kernel(tuned
         assert [k["name"] for k in summary["kernels"]] == ["fused_matmul2_add1", "fused_matmul1_add_relu",
                                                            "fused_matmul_add_relu"]
         assert sum(k["trials"] for k in summary["kernels"]) == summary["trials"]
+        assert summary["measured_on"] == {"here": summary["trials"]}  # a serial build measures in its own process
         assert all(0 < k["best"] <= k["untuned"] for k in summary["kernels"])
         # The build applied exactly the kernels whose record beat TVM's default; the records cover all three.
         plan = fsutil.read_json(files.plan_json)["tuning"]
@@ -90,8 +91,12 @@ def test_builds_from_the_same_records_are_byte_identical(tuned, tmp_path):
 def test_retune_commits_records_that_a_fresh_build_uses_without_searching(tuned):
     d, pipeline, out, _, _, retune = tuned
     committed = TuneFiles(d / "tuning" / "m4" / "sine")
-    assert committed.exists() and "4/4 trials" in retune.stderr
-    assert fsutil.read_json(committed.summary_json)["pair"] == "m4/sine"
+    assert committed.exists() and "4/4 trials" in retune.stderr and "on 2 Dask workers" in retune.stderr
+    summary = fsutil.read_json(committed.summary_json)
+    assert summary["pair"] == "m4/sine"
+    # Both workers measured trials (the one running the search too: it leaves its thread pool while it waits).
+    assert len(summary["measured_on"]) == 2 and sum(summary["measured_on"].values()) == 4
+    assert all(w.startswith("tcp://127.0.0.1:") for w in summary["measured_on"])
     shutil.rmtree(d / "out" / "m4")
     build = run_doit(pipeline, "build")
     assert build.returncode == 0, build.stdout + build.stderr

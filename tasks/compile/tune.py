@@ -8,6 +8,10 @@ target's own toolchain, and run by the target's own runner:
 - on the host it is wall time (the smallest of several rounds' mean), because the host's goal is onnxruntime's
   wall time: an x86 instruction count would favour long-latency instructions and miss the caches.
 
+Run as a task of `doit -P dask` (tasks/dask_run.py), a qemu-costed search measures its candidates on the cluster's
+workers: each trial ships the candidate's TIR to a worker, which compiles, links and counts it there. Instruction
+counts are the same on every machine; host timings are not, so a host search measures on its own worker.
+
 The best record of every kernel goes to a MetaSchedule JSON database (`out/<target>/<model>/tune/`); the build
 applies it (relax_build.lower). Records committed under `tuning/<target>/<model>/` are copied instead of tuning,
 so a fresh clone builds tuned kernels in seconds; `doit retune` tunes again and refreshes them.
@@ -15,6 +19,8 @@ so a fresh clone builds tuned kernels in seconds; `doit retune` tunes again and 
 
 from __future__ import annotations
 
+import atexit
+import collections
 import concurrent.futures
 import contextlib
 import logging
@@ -24,8 +30,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +51,7 @@ COST_WALL_NS = "wall-ns"
 _HOST_ROUNDS = 7
 _HOST_ROUND_NS = 2_000_000
 _WALL = re.compile(r"crtforge-tune-ns ([\d.]+)")
+HERE = "here"  # TuneResult.measured_on: trials measured by the tuning task's own process
 
 
 class TuneError(CrtforgeError):
@@ -70,10 +78,13 @@ class TuneResult:
     trials: int
     seconds: float
     records_bytes: int
+    # trials measured per Dask worker address, or HERE; empty for committed records
+    measured_on: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"cost": self.cost, "source": self.source, "trials": self.trials, "seconds": round(self.seconds, 1),
-                "records_bytes": self.records_bytes, "kernels": [k.to_dict() for k in self.kernels]}
+                "records_bytes": self.records_bytes, "measured_on": dict(sorted(self.measured_on.items())),
+                "kernels": [k.to_dict() for k in self.kernels]}
 
 
 def cost_of(target: TargetConfig) -> str:
@@ -196,8 +207,8 @@ class Harness:
         from tasks.emit.codegen import _env
         from tasks.toolchain.link import archive, compile_c, link_program
 
-        d = self.work / f"c{index}"
-        d.mkdir(parents=True, exist_ok=True)
+        # A folder of its own: on a cluster, several searches' candidates share a worker's harness.
+        d = Path(tempfile.mkdtemp(dir=self.work, prefix=f"c{index}-"))
         module, workspace = compile_kernels({KERNEL_SYMBOL: func.with_attr("global_symbol", KERNEL_SYMBOL)}, None,
                                             tvm_target, self.target.profile)
         kernel = d / "kernel.o"
@@ -270,18 +281,22 @@ def _ms_classes():
 
     @derived_object
     class DoneFuture(PyRunnerFuture):
-        def __init__(self, future: concurrent.futures.Future):
+        """A measurement in flight (a thread's future here, or a Dask future): its cost, and where it ran."""
+
+        def __init__(self, future, measured_on: collections.Counter):
             super().__init__()
-            self.future = future
+            self.future, self.measured_on = future, measured_on
 
         def done(self) -> bool:
             return self.future.done()
 
         def result(self):
             try:
-                return RunnerResult([self.future.result() * 1e-9], None)
+                cost, where = self.future.result()
             except Exception as e:
                 return RunnerResult(None, f"{type(e).__name__}: {e}")
+            self.measured_on[where] += 1
+            return RunnerResult([cost * 1e-9], None)
 
     @derived_object
     class HarnessRunner(PyRunner):
@@ -291,19 +306,61 @@ def _ms_classes():
             super().__init__()
             self.harness, self.plugin = harness, plugin
             self.pool = concurrent.futures.ThreadPoolExecutor(jobs)
+            self.measured_on: collections.Counter = collections.Counter()
 
         def run(self, runner_inputs):
-            return [DoneFuture(self.pool.submit(self.harness.cost, Path(inp.artifact_path), self.plugin))
+            return [DoneFuture(self.pool.submit(lambda path: (self.harness.cost(path, self.plugin), HERE),
+                                                Path(inp.artifact_path)), self.measured_on)
                     for inp in runner_inputs]
+
+    @derived_object
+    class CandidateWriter(PyBuilder):
+        """For a cluster: each candidate's TIR as TVM's JSON, to ship to a worker; compiling is the worker's."""
+
+        def __init__(self, work: Path):
+            super().__init__()
+            self.work, self.count = work, 0
+
+        def build(self, build_inputs):
+            import tvm
+
+            results = []
+            for inp in build_inputs:
+                path = Path(tempfile.mkdtemp(dir=self.work, prefix=f"c{self.count}-")) / "candidate.json"
+                path.write_text(tvm.ir.save_json(inp.mod))
+                results.append(BuilderResult(str(path), None))
+                self.count += 1
+            return results
+
+    @derived_object
+    class ClusterRunner(PyRunner):
+        """Each candidate compiled, linked and counted by a worker of the Dask cluster (measure_on_worker)."""
+
+        def __init__(self, client, target: TargetConfig, pair: str):
+            super().__init__()
+            self.client, self.target, self.pair, self.count = client, target, pair, 0
+            self.measured_on: collections.Counter = collections.Counter()
+
+        def run(self, runner_inputs):
+            futures = []
+            for inp in runner_inputs:
+                candidate = Path(inp.artifact_path).read_text()
+                futures.append(DoneFuture(self.client.submit(
+                    measure_on_worker, self.target, candidate, self.count, pure=False,
+                    key=f"trial:{self.pair}-{self.count}-{os.urandom(4).hex()}"), self.measured_on))
+                self.count += 1
+            return futures
 
     @derived_object
     class Progress(PyMeasureCallback):
         """One line per batch: trials done of the total, and each kernel's best cost against its untuned one.
         It sees every measurement, so it also keeps each kernel's best candidate for write_best."""
 
-        def __init__(self, pair: str, total: int, untuned: dict[str, float], unit: str, started: float, out):
+        def __init__(self, pair: str, total: int, untuned: dict[str, float], unit: str, started: float, out,
+                     measured_on: collections.Counter):
             super().__init__()
             self.pair, self.total, self.untuned, self.unit, self.out = pair, total, untuned, unit, out
+            self.measured_on = measured_on
             self.done, self.trials, self.started = 0, {}, started
             self.found: dict[str, Found] = {}
 
@@ -318,11 +375,14 @@ def _ms_classes():
                         self.found[name] = Found(cost, candidate.sch.trace, list(r.run_secs),
                                                  list(candidate.args_info))
             failed = sum(1 for r in runner_results if r.error_msg is not None)
-            bests = ", ".join(f"{k} {v:,.0f} (untuned {self.untuned[k]:,.0f})" for k, v in sorted((k, f.cost) for k, f in self.found.items()))
+            bests = ", ".join(f"{k} {v:,.0f} (untuned {self.untuned[k]:,.0f})"
+                              for k, v in sorted((k, f.cost) for k, f in self.found.items()))
+            workers = [w for w in self.measured_on if w != HERE]
             print(f"tune {self.pair}: {self.done}/{self.total} trials, {time.monotonic() - self.started:.0f} s"
-                  f"{f', {failed} failed' if failed else ''}; best {self.unit}: {bests}", file=self.out, flush=True)
+                  f"{f' on {len(workers)} Dask workers' if workers else ''}{f', {failed} failed' if failed else ''}"
+                  f"; best {self.unit}: {bests}", file=self.out, flush=True)
 
-    return HarnessBuilder, HarnessRunner, Progress
+    return HarnessBuilder, HarnessRunner, CandidateWriter, ClusterRunner, Progress
 
 
 def _plugin(work: Path) -> Path:
@@ -371,32 +431,86 @@ def search(p: Pair, settings: Tune, out_dir: Path, progress=sys.stderr) -> TuneR
                           seconds=time.monotonic() - started, records_bytes=TuneFiles(out_dir).nbytes)
     target = tuning_target(p.target)
     jobs = os.cpu_count() or 1
-    with tempfile.TemporaryDirectory(prefix="crtforge-tune-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="crtforge-tune-") as tmp, _cluster(p.target) as client:
         work = Path(tmp)
         harness = Harness(p.target, work)
         plugin = None if p.target.runner == "native" else _plugin(work)
         untuned = untuned_costs(tasks, harness, plugin, target)
-        builder_cls, runner_cls, progress_cls = _ms_classes()
-        builder = builder_cls(harness, jobs)
-        # The host's timings run one at a time: two at once on two cores would time each other.
-        runner = runner_cls(harness, plugin, 1 if p.target.runner == "native" else jobs)
+        harness_builder, harness_runner, candidate_writer, cluster_runner, progress_cls = _ms_classes()
+        if client is None:
+            builder = harness_builder(harness, jobs)
+            # The host's timings run one at a time: two at once on two cores would time each other.
+            runner = harness_runner(harness, plugin, 1 if p.target.runner == "native" else jobs)
+        else:
+            builder, runner = candidate_writer(work), cluster_runner(client, p.target, p.name)
         unit = "ns" if cost_of(p.target) == COST_WALL_NS else "instructions"
+        progress_callback = progress_cls(p.name, settings.trials, untuned, unit, started, progress, runner.measured_on)
         callbacks = [ms.measure_callback.AddToDatabase(), ms.measure_callback.RemoveBuildArtifact(),
-                     ms.measure_callback.UpdateCostModel(), progress_cls(p.name, settings.trials, untuned, unit,
-                                                                          started, progress)]
+                     ms.measure_callback.UpdateCostModel(), progress_callback]
         with _no_tensor_intrinsics():
             contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
                 tasks, str(work / "ms"), space=search_space(p.target), strategy=search_strategy(settings),
                 num_threads=jobs, seed=settings.seed)
         ms.tune.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(work / "ms"),
-                                      max_trials_global=settings.trials,
-                                      num_trials_per_iter=min(settings.per_batch, settings.trials),
-                                      builder=builder, runner=runner, database=ms.database.MemoryDatabase(),
-                                      cost_model="xgb", measure_callbacks=callbacks)
-        kernels = write_best(callbacks[-1].found, tasks, untuned, callbacks[-1].trials, out_dir)
+                           max_trials_global=settings.trials,
+                           num_trials_per_iter=min(settings.per_batch, settings.trials),
+                           builder=builder, runner=runner, database=ms.database.MemoryDatabase(),
+                           cost_model="xgb", measure_callbacks=callbacks)
+        kernels = write_best(progress_callback.found, tasks, untuned, progress_callback.trials, out_dir)
     files = TuneFiles(out_dir)
-    return TuneResult(cost=cost_of(p.target), source="tuned", kernels=kernels, trials=settings.trials,
-                      seconds=time.monotonic() - started, records_bytes=files.nbytes)
+    # Trials measured: MetaSchedule stops after the batch that reaches the budget, and a kernel with few
+    # schedules left makes a short batch, so this can pass `settings.trials` by part of a batch.
+    return TuneResult(cost=cost_of(p.target), source="tuned", kernels=kernels, trials=progress_callback.done,
+                      seconds=time.monotonic() - started, records_bytes=files.nbytes,
+                      measured_on=dict(runner.measured_on))
+
+
+@contextlib.contextmanager
+def _cluster(target: TargetConfig):
+    """A client of the Dask cluster this search runs on as a task of `doit -P dask`, or None: a local run, or a
+    host search (wall times compare only when measured on one machine, one at a time). The task leaves its
+    worker's thread pool while it waits, so that worker measures trials too."""
+    if target.runner == "native":
+        yield None
+        return
+    try:
+        from distributed import get_worker, worker_client
+
+        get_worker()
+    except (ImportError, ValueError):
+        yield None
+        return
+    with worker_client() as client:
+        yield client
+
+
+# A worker's harness per target (its runtime objects and qemu plugin), made by its first trial, not every trial.
+_WORKER_HARNESSES: dict[str, tuple[TargetConfig, Harness, Path | None]] = {}
+_WORKER_LOCK = threading.Lock()
+
+
+def _worker_harness(target: TargetConfig) -> tuple[Harness, Path | None]:
+    with _WORKER_LOCK:
+        known = _WORKER_HARNESSES.get(target.name)
+        if known is None or known[0] != target:
+            work = Path(tempfile.mkdtemp(prefix="crtforge-trials-"))
+            atexit.register(shutil.rmtree, work, True)
+            known = (target, Harness(target, work), None if target.runner == "native" else _plugin(work))
+            _WORKER_HARNESSES[target.name] = known
+        return known[1], known[2]
+
+
+def measure_on_worker(target: TargetConfig, candidate: str, index: int) -> tuple[float, str]:
+    """On a Dask worker: the cost of one candidate (an IRModule in TVM's JSON), and the worker's address."""
+    import tvm
+    from distributed import get_worker
+
+    harness, plugin = _worker_harness(target)
+    program = harness.build(tvm.ir.load_json(candidate)["main"], f"candidate {index}", index, tuning_target(target))
+    try:
+        return harness.cost(program, plugin), get_worker().address
+    finally:
+        shutil.rmtree(program.parent, ignore_errors=True)
 
 
 @dataclass
