@@ -91,11 +91,12 @@ def test_builds_from_the_same_records_are_byte_identical(tuned, tmp_path):
 def test_retune_commits_records_that_a_fresh_build_uses_without_searching(tuned):
     d, pipeline, out, _, _, retune = tuned
     committed = TuneFiles(d / "tuning" / "m4" / "sine")
-    assert committed.exists() and "4/4 trials" in retune.stderr and "on 2 Dask workers" in retune.stderr
+    assert committed.exists() and "4/4 trials" in retune.stderr and " Dask worker" in retune.stderr
     summary = fsutil.read_json(committed.summary_json)
     assert summary["pair"] == "m4/sine"
-    # Both workers measured trials (the one running the search too: it leaves its thread pool while it waits).
-    assert len(summary["measured_on"]) == 2 and sum(summary["measured_on"].values()) == 4
+    # Dask workers measured every trial. (Which of the two is the scheduler's choice: usually both, but four trials
+    # in rounds of two can all go to one.)
+    assert sum(summary["measured_on"].values()) == 4 and 1 <= len(summary["measured_on"]) <= 2
     assert all(w.startswith("tcp://127.0.0.1:") for w in summary["measured_on"])
     shutil.rmtree(d / "out" / "m4")
     build = run_doit(pipeline, "build")

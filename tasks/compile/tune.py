@@ -379,7 +379,8 @@ def _ms_classes():
                               for k, v in sorted((k, f.cost) for k, f in self.found.items()))
             workers = [w for w in self.measured_on if w != HERE]
             print(f"tune {self.pair}: {self.done}/{self.total} trials, {time.monotonic() - self.started:.0f} s"
-                  f"{f' on {len(workers)} Dask workers' if workers else ''}{f', {failed} failed' if failed else ''}"
+                  f"{f' on {len(workers)} Dask worker' + 's' * (len(workers) != 1) if workers else ''}"
+                  f"{f', {failed} failed' if failed else ''}"
                   f"; best {self.unit}: {bests}", file=self.out, flush=True)
 
     return HarnessBuilder, HarnessRunner, CandidateWriter, ClusterRunner, Progress
