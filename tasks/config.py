@@ -28,8 +28,10 @@ BACKENDS = ("c", "llvm")
 PROFILES = ("release", "debug")
 # A board's kind decides how its programs run and how they are linked.
 BOARD_RUNNERS = {"host": "native", "linux": "qemu-user", "bare-metal": "qemu-system"}
-# External codegens a target may offload to (tasks/offload.py).
-OFFLOAD_CODEGENS = ("crtforge_dense",)
+# External codegens a target may offload to (tasks/compile/offload.py), and the op families each takes: an
+# `offload` entry is a codegen (all its ops) or `codegen.op` (that family only).
+OFFLOAD_CODEGENS = {"crtforge_dense": ("dense", "conv2d")}
+OFFLOAD_CHOICES = (*OFFLOAD_CODEGENS, *(f"{c}.{op}" for c, ops in OFFLOAD_CODEGENS.items() for op in ops))
 MODEL_SUFFIXES = (".onnx", ".tflite")
 # What a model's outputs are compared with when it has no `expected`: "auto" is an implementation independent of
 # TVM (onnxruntime for ONNX, TFLM's interpreter for TFLite); "tvm" is TVM's own Relax VM, a second opinion.
@@ -642,9 +644,9 @@ def _load_target(file: Path, name: str, table: Any, models: dict[str, ModelConfi
     _check_name_list(file, f"{key}.models", target_models, models, "model")
     offload = table.get("offload", [])
     for i, codegen in enumerate(offload):
-        if codegen not in OFFLOAD_CODEGENS:
-            raise ConfigError(file, f"{key}.offload[{i}]", f"unknown external codegen {codegen!r}.",
-                              f"crtforge has: {', '.join(OFFLOAD_CODEGENS)}")
+        if codegen not in OFFLOAD_CHOICES:
+            raise ConfigError(file, f"{key}.offload[{i}]", f"unknown external codegen or op {codegen!r}.",
+                              f"use one of: {', '.join(OFFLOAD_CHOICES)}")
     profile = table.get("profile", "release")
     if profile not in PROFILES:
         raise ConfigError(file, f"{key}.profile", f"unknown profile '{profile}'.", f"use one of: {', '.join(PROFILES)}")

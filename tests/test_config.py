@@ -256,8 +256,10 @@ def test_shipped_toolchains_load(name):
 
 def test_unknown_external_codegen(write_pipeline):
     e = load_error(write_pipeline, GOOD_MODEL + host_target(extra='offload = ["cmsis-nn"]'))
-    assert e.key == "targets.host.offload[0]" and "unknown external codegen 'cmsis-nn'" in str(e)
-    assert "crtforge_dense" in str(e)
+    assert e.key == "targets.host.offload[0]" and "unknown external codegen or op 'cmsis-nn'" in str(e)
+    assert "use one of: crtforge_dense, crtforge_dense.dense, crtforge_dense.conv2d" in str(e)
+    e = load_error(write_pipeline, GOOD_MODEL + host_target(extra='offload = ["crtforge_dense", "crtforge_dense.pool"]'))
+    assert e.key == "targets.host.offload[1]" and "'crtforge_dense.pool'" in str(e)
 
 
 @pytest.mark.parametrize("key, value", [("rtol", "inf"), ("rtol", "nan"), ("atol", "inf"), ("atol", "-inf")])

@@ -50,6 +50,18 @@ def test_partition_offloads_every_dense_with_bias():
     assert sum(n.endswith("_packed_weights") for n in named) == 3
 
 
+def test_a_target_can_offload_one_op_family():
+    """`crtforge_dense.dense` leaves convolutions to TVM, in the model's own layout (no NHWC transposes), and
+    `crtforge_dense.conv2d` leaves the dense layers; `crtforge_dense` takes both."""
+    sine, conv = load_relax(SINE), load_relax(CONV2D)
+    assert [len(partition(sine, "sine", (c,)).functions) for c in ("crtforge_dense", "crtforge_dense.dense",
+                                                                   "crtforge_dense.conv2d")] == [3, 3, 0]
+    dense_only = partition(conv, "conv2d", ("crtforge_dense.dense",))
+    assert dense_only.functions == {} and "permute_dims" not in str(dense_only.mod)
+    [name] = partition(conv, "conv2d", ("crtforge_dense.conv2d",)).functions
+    assert "conv2d" in name
+
+
 def test_pack_dense_blocks_output_columns():
     w = np.arange(3 * 19, dtype=np.float32).reshape(3, 19)
     p = pack_dense(w)
@@ -59,7 +71,9 @@ def test_pack_dense_blocks_output_columns():
     np.testing.assert_array_equal(p[48:].reshape(3, 3), w[:, 16:])   # the narrower last block: [k][3]
 
 
-@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (1, 16, 8), (2, 37, 19), (3, 256, 10), (2, 33, 40), (1, 64, 77)])
+# Every width of the last block (n % 8: 1 to 7), and none.
+@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (1, 16, 8), (2, 37, 19), (3, 256, 10), (2, 33, 40), (1, 64, 77),
+                                   (2, 5, 4), (1, 9, 14), (3, 7, 15)])
 def test_dense_kernel_equals_numpy(dense_lib, m, k, n):
     rng = np.random.default_rng(k * n)
     x = rng.standard_normal((m, k)).astype(np.float32)

@@ -3,6 +3,7 @@ records applied by the build deterministically, committed records used without a
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import pytest
@@ -58,10 +59,13 @@ def test_search_reports_progress_and_writes_the_best_record_of_each_kernel(tuned
         assert fsutil.read_json(files.test_json)["passed"] is True
     m4 = fsutil.read_json(TuneFiles(d / "searched" / "m4").summary_json)
     # Instruction counts are exact: the 16x16 layer's untuned schedule costs the same on every run. (What four
-    # trials find is not: the search measured 711, 734, 760 or nothing better in runs on a loaded machine.)
+    # trials find is not, even on a quiet machine: 711, 736, 763, 770, or only schedules costlier than 780.)
     assert {k["name"]: k["untuned"] for k in m4["kernels"]}["fused_matmul1_add_relu"] == 780
-    best = {k["name"]: k["best"] for k in m4["kernels"]}
-    assert f"fused_matmul1_add_relu {best['fused_matmul1_add_relu']:,.0f} (untuned 780)" in test.stderr
+    best = {k["name"]: k["best"] for k in m4["kernels"]}["fused_matmul1_add_relu"]
+    # The last progress line shows the cheapest candidate measured; tune.json keeps TVM's default when none beat it.
+    last = [line for line in test.stderr.splitlines() if line.startswith("tune m4/sine: 4/4 trials")][-1]
+    measured = re.search(r"fused_matmul1_add_relu ([\d,]+) \(untuned 780\)", last)
+    assert best == (min(int(measured.group(1).replace(",", "")), 780) if measured else 780)
 
 
 # Records of a search that found a better schedule for the sine model's 16x16 layer on Cortex-M4 (711 instructions

@@ -111,12 +111,31 @@ static void block8(const float* x, const float* w, int32_t k, float* acc) {
 }
 #endif
 
-/* y[c] = bias[c] + x . w[.][c] for the last, narrower block: w is [k][width]. */
-static void narrow_block(const float* x, const float* w, const float* bias, int32_t k, int32_t width, float* y) {
+/* y[c] = bias[c] + x . w[.][c] for the last, narrower block: w is [k][width]. Called with a constant width, so
+ * the sums stay in registers: summed in y, which the compiler must assume may alias x and w, each step was a
+ * load and a store. */
+static inline __attribute__((always_inline)) void narrow_sums(const float* x, const float* w, const float* bias,
+                                                              int32_t k, const int32_t width, float* y) {
+  float a[BLOCK];
   int32_t p, c;
-  for (c = 0; c < width; ++c) y[c] = bias[c];
-  for (p = 0; p < k; ++p)
-    for (c = 0; c < width; ++c) y[c] += x[p] * w[p * width + c];
+  for (c = 0; c < width; ++c) a[c] = bias[c];
+  for (p = 0; p < k; ++p, w += width) {
+    const float xv = x[p];
+    for (c = 0; c < width; ++c) a[c] += xv * w[c];
+  }
+  for (c = 0; c < width; ++c) y[c] = a[c];
+}
+
+static void narrow_block(const float* x, const float* w, const float* bias, int32_t k, int32_t width, float* y) {
+  switch (width) {
+    case 1: narrow_sums(x, w, bias, k, 1, y); break;
+    case 2: narrow_sums(x, w, bias, k, 2, y); break;
+    case 3: narrow_sums(x, w, bias, k, 3, y); break;
+    case 4: narrow_sums(x, w, bias, k, 4, y); break;
+    case 5: narrow_sums(x, w, bias, k, 5, y); break;
+    case 6: narrow_sums(x, w, bias, k, 6, y); break;
+    default: narrow_sums(x, w, bias, k, 7, y); break;
+  }
 }
 
 void crtforge_dense_f32(const float* x, const float* w, const float* bias, float* y, int32_t m, int32_t k,

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tasks.compile.plan import workspace_size
-from tasks.config import OFFLOAD_CODEGENS
+from tasks.config import OFFLOAD_CHOICES, OFFLOAD_CODEGENS
 from tasks.errors import CrtforgeError
 
 _CODEGEN = "crtforge_dense"
@@ -201,6 +201,14 @@ class Offloaded:
     functions: dict[str, Any] = field(default_factory=dict)  # each offloaded function, for its source ops
 
 
+def offloaded_ops(codegens: tuple[str, ...]) -> set[str]:
+    """The op families a target's `offload` entries choose: a codegen's name takes all of its families."""
+    unknown = [c for c in codegens if c not in OFFLOAD_CHOICES]
+    if unknown:
+        raise OffloadError(f"unknown external codegen(s) {', '.join(unknown)}; known: {', '.join(OFFLOAD_CHOICES)}")
+    return {op for c in codegens for op in (OFFLOAD_CODEGENS[c] if c in OFFLOAD_CODEGENS else (c.split(".")[1],))}
+
+
 def partition(mod, prefix: str, codegens: tuple[str, ...]) -> Offloaded:
     """Offload what `codegens` match in `mod`: the module (with `external_mods` and `const_name_to_constant`
     attributes when anything was offloaded), and the scratch each offloaded function needs."""
@@ -208,24 +216,27 @@ def partition(mod, prefix: str, codegens: tuple[str, ...]) -> Offloaded:
     import tvm_ffi
     from tvm import relax
 
-    unknown = [c for c in codegens if c not in OFFLOAD_CODEGENS]
-    if unknown:
-        raise OffloadError(f"unknown external codegen(s) {', '.join(unknown)}; known: {', '.join(OFFLOAD_CODEGENS)}")
-    if not codegens:
+    ops = offloaded_ops(codegens)
+    if not ops:
         return Offloaded(mod)
     # TVM finds external codegens by global name; each partition registers its own, which collects the packed
     # weights and the scratch of what it emits.
     found = Offloaded(None)
     tvm_ffi.register_global_func(f"relax.ext.{_CODEGEN}", functools.partial(_codegen, found), override=True)
-    # NHWC convolutions: a pixel's input channels and output channels are then contiguous, so NCHW models (ONNX)
-    # gather and scatter no strided columns; between two convolutions the layout stays NHWC, and FoldConstant
-    # transposes the weights at build time.
-    mod = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]})(mod)
+    patterns = []
+    if "conv2d" in ops:
+        # NHWC convolutions: a pixel's input channels and output channels are then contiguous, so NCHW models
+        # (ONNX) gather and scatter no strided columns; between two convolutions the layout stays NHWC. Left to
+        # TVM, convolutions keep the model's layout, which tuning records were searched on.
+        mod = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]})(mod)
+    # Transposed weights (ONNX Gemm's transB, the HWIO kernels) become constants, which the patterns require.
     mod = relax.transform.FoldConstant()(mod)
-    pattern, annotations = _pattern()
-    patterns = [(f"{_CODEGEN}.conv2d_bias_relu", *_conv_pattern(True), _conv_supported),
-                (f"{_CODEGEN}.conv2d_bias", *_conv_pattern(False), _conv_supported),
-                (f"{_CODEGEN}.dense_bias", pattern, annotations, _supported)]
+    if "conv2d" in ops:
+        patterns += [(f"{_CODEGEN}.conv2d_bias_relu", *_conv_pattern(True), _conv_supported),
+                     (f"{_CODEGEN}.conv2d_bias", *_conv_pattern(False), _conv_supported)]
+    if "dense" in ops:
+        pattern, annotations = _pattern()
+        patterns.append((f"{_CODEGEN}.dense_bias", pattern, annotations, _supported))
     mod = relax.transform.FuseOpsByPattern(patterns, bind_constants=True, annotate_codegen=True)(mod)
     functions = {}
     for gv, func in list(mod.functions.items()):
