@@ -175,10 +175,12 @@ static inline int32_t column_pos(int32_t kk, int32_t k) {
 static void column_put(int16_t* column, int32_t k, int32_t kk0, const int8_t* src, int32_t n, int32_t offset) {
   int32_t j = 0;
 #if CRTFORGE_INT8_DSP
-  if ((kk0 & 3) == 0) {
-    /* Whole quads: one word in, two SXTB16, two SADD16 (lane-wise, values stay within +-255). */
+  /* One by one up to a quad boundary, then whole quads: one word in, two SXTB16, two SADD16 (lane-wise, values
+   * stay within +-255). */
+  for (; j < n && ((kk0 + j) & 3) != 0; ++j) column[column_pos(kk0 + j, k)] = (int16_t)(src[j] + offset);
+  {
     const uint32_t off2 = ((uint32_t)(uint16_t)offset << 16) | (uint16_t)offset;
-    uint32_t* dst = (uint32_t*)(void*)(column + kk0);
+    uint32_t* dst = (uint32_t*)(void*)(column + kk0 + j);
     const int32_t quad_end = (k & ~3) - kk0;
     for (; j + 4 <= n && j + 4 <= quad_end; j += 4) {
       uint32_t word;
@@ -415,16 +417,26 @@ static int32_t conv2d(const crtforge_int8_conv_shape* s, const crtforge_int8_cha
     const int8_t* image = input + b * in_h * in_w * in_c;
     for (oy = 0; oy < out_h; ++oy) {
       for (ox = 0; ox < out_w; ++ox, out += out_c) {
-        /* The patch in OHWI's inner order (ky, kx, c), so it lines up with each filter row. */
+        /* The patch in OHWI's inner order (ky, kx, c), so it lines up with each filter row. A window row inside
+         * the image is one run of kernel_w * in_c values (NHWC): one copy, not one per tap, which for a
+         * model's first layer (1 to 3 channels) was most of its cost. */
+        const int32_t ix0 = ox * stride_w - pad_left, row = kernel_w * in_c;
+        const int32_t row_inside = dilation_w == 1 && ix0 >= 0 && ix0 + kernel_w <= in_w;
         for (fy = 0; fy < kernel_h; ++fy) {
           const int32_t iy = oy * stride_h - pad_top + fy * dilation_h;
-          for (fx = 0; fx < kernel_w; ++fx) {
-            const int32_t ix = ox * stride_w - pad_left + fx * dilation_w;
-            const int32_t kk0 = (fy * kernel_w + fx) * in_c;
-            if (iy >= 0 && iy < in_h && ix >= 0 && ix < in_w)
-              column_put(scratch, k, kk0, image + (iy * in_w + ix) * in_c, in_c, offset);
-            else
-              column_zero(scratch, k, kk0, in_c);
+          if (iy < 0 || iy >= in_h) {
+            column_zero(scratch, k, fy * row, row);
+          } else if (row_inside) {
+            column_put(scratch, k, fy * row, image + (iy * in_w + ix0) * in_c, row, offset);
+          } else {
+            for (fx = 0; fx < kernel_w; ++fx) {
+              const int32_t ix = ix0 + fx * dilation_w;
+              const int32_t kk0 = fy * row + fx * in_c;
+              if (ix >= 0 && ix < in_w)
+                column_put(scratch, k, kk0, image + (iy * in_w + ix) * in_c, in_c, offset);
+              else
+                column_zero(scratch, k, kk0, in_c);
+            }
           }
         }
         dot_rows(q, scratch, k, w8, w16, bias, out_c, out);
