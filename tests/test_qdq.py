@@ -93,9 +93,10 @@ def test_conv_depthwise_and_matmul_run_integer(built):
     root, _ = built
     ops = fsutil.read_json(_files(root, "cortex-m3", "small-qdq").plan_json)["ops"]
     assert ops["integer"] == {"CONV_2D": 1, "DEPTHWISE_CONV_2D": 1, "FULLY_CONNECTED": 1}
-    # The model's input quantize, the bias Add of int8 tensors (onnxruntime's QLinearAdd is not TFLite's ADD)
-    # and the output dequantize stay on TVM's float path, and are counted so.
-    assert len(ops["tvm_float"]) == 3
+    # The model's input quantize, and the bias Add of int8 tensors (onnxruntime's QLinearAdd is not TFLite's ADD)
+    # with the output dequantize, stay on TVM's float path, and are counted so. The Reshape between the
+    # depthwise conv and the MatMul reshapes the int8 tensor (fold_identity_requantize): an alias, no call.
+    assert len(ops["tvm_float"]) == 2 and ops["tvm_integer"] == []
 
 
 def test_uint8_activations_fall_back_to_float_and_say_so(built):
@@ -127,6 +128,23 @@ def test_partition_of_the_bench_qdq_models():
     assert rounding_of(BENCH / "mlp_int8.tflite") == qz.Rounding.TFLITE
     convnet = int8.partition(load_relax(BENCH / "convnet_qdq.onnx"), "c", rounding=qz.Rounding.ONNXRUNTIME)
     assert [k.op for k in convnet.kernels] == ["CONV_2D", "CONV_2D", "FULLY_CONNECTED"]
+
+
+def test_identity_requantisations_around_layout_ops_are_folded():
+    """The bench convnet's Transpose and Flatten between conv2 and fc each sit between a DequantizeLinear and a
+    QuantizeLinear with the same scale and zero point: they move the int8 tensor, with no float round trip."""
+    from tvm import relax
+
+    mod = load_relax(BENCH / "convnet_qdq.onnx")
+    folded, moved = int8.fold_identity_requantize(mod)
+    assert len(moved) == 2
+    layout = [b.value for block in folded["main"].body.blocks for b in block.bindings
+              if isinstance(b.value, relax.Call) and b.value.op.name in ("relax.permute_dims", "relax.reshape")
+              and b.var.name in moved]
+    assert [(c.op.name, str(c.ty.dtype)) for c in layout] == [("relax.permute_dims", "int8"), ("relax.reshape", "int8")]
+    assert str(folded["main"]).count("R.dequantize") == str(mod["main"]).count("R.dequantize") - 2
+    # Nothing to fold in the MLP: its quantize/dequantize pairs have no layout op between them.
+    assert int8.fold_identity_requantize(load_relax(BENCH / "mlp_qdq.onnx"))[1] == {}
 
 
 def test_qdq_models_are_the_writers_output(tmp_path):

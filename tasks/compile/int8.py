@@ -692,6 +692,45 @@ class Partitioned:
         return {a.name: a.values.reshape(-1) for k in self.kernels for a in k.arrays if a.linked}
 
 
+def fold_identity_requantize(mod) -> tuple[Any, dict[str, str]]:
+    """quantize(L(dequantize(x, s, z)), s, z) is L(x) for a layout op L (permute_dims, reshape): the values pass
+    through unchanged, so the int8 tensor is moved instead of round-tripping through float. A QDQ graph has one
+    wherever a layout op sits between quantised ops (an ONNX Transpose or Flatten before a Gemm), and TVM would
+    compile each into a float kernel. Also returns, by binding name, each folded quantize's layout op (whose
+    source op the binding now computes)."""
+    from tvm import relax
+    from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
+
+    import tvm
+
+    mod = tvm.IRModule(dict(mod.functions.items()), attrs=mod.attrs)  # the caller's module stays as it was
+    x, s_in, z_in, s_out, z_out = wildcard(), is_const(), is_const(), is_const(), is_const()
+    deq = is_op("relax.dequantize")(x, s_in, z_in)
+    layout = is_op("relax.permute_dims")(deq) | is_op("relax.reshape")(deq, wildcard())
+    pattern = is_op("relax.quantize")(layout, s_out, z_out)
+    moved: dict[str, str] = {}
+
+    def same(a, b) -> bool:
+        return _const(a).size == 1 and np.array_equal(_const(a), _const(b))
+
+    for gv, func in list(mod.functions.items()):
+        if not isinstance(func, relax.Function):
+            continue
+        bound = {b.value: b.var.name for block in func.body.blocks for b in block.bindings}
+
+        def rewrite(call, matched):
+            if not (same(matched[s_in], matched[s_out]) and same(matched[z_in], matched[z_out])
+                    and _dtype(matched[x]) == _dtype(call)):
+                return call
+            lay = matched[layout]
+            if call in bound and lay in bound:
+                moved[bound[call]] = bound[lay]
+            return relax.Call(lay.op, [matched[x], *lay.args[1:]], lay.attrs)
+
+        mod[gv] = rewrite_call(pattern, rewrite, func)
+    return mod, moved
+
+
 def partition(mod, prefix: str, wide_weights: bool = False, rounding: qz.Rounding = qz.Rounding.TFLITE) -> Partitioned:
     """Offload every int8 op cluster the kernels implement; the rest of `mod` is left as it was. `wide_weights`:
     the target is a DSP core, where small layers get int16 weights (WIDE_WEIGHTS_MAX_BYTES); `rounding`: whose

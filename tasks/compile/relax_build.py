@@ -364,6 +364,8 @@ def prepare(source: Path, prefix: str, offload: tuple[str, ...] = (), arm_dsp: b
     from tasks.compile.offload import OffloadError, partition
 
     mod, sources = load_relax_with_sources(source)
+    mod, moved = int8.fold_identity_requantize(mod)
+    sources = sources.moved(moved)
     try:
         # int8 first: every later pass (the offload's FoldConstant, lowering) would dequantize the weights.
         integer = int8.partition(mod, prefix, wide_weights=arm_dsp, rounding=rounding_of(source))

@@ -25,6 +25,12 @@ class SourceOps:
         """The source ops of these bindings, each once, in order."""
         return tuple(dict.fromkeys(self.by_binding[n] for n in names if n in self.by_binding))
 
+    def moved(self, moved: dict[str, str]) -> SourceOps:
+        """After a rewrite made bindings compute other bindings' ops (new name: old name), label them so."""
+        by_binding = {**self.by_binding, **{new: self.by_binding[old] for new, old in moved.items()
+                                            if old in self.by_binding}}
+        return SourceOps(by_binding, self.reads, self.tensors)
+
 
 def onnx_label(index: int, node) -> str:
     return f'{node.op_type} "{node.name}"' if node.name else f"{node.op_type} (node {index})"
