@@ -199,6 +199,22 @@ def run_depthwise(int8_lib: ctypes.CDLL, case: m.WeightedCase, fast: bool) -> np
 # --- requantisation ------------------------------------------------------------------------------------
 
 
+def test_quantize_rounds_and_saturates_as_onnxruntime(int8_lib):
+    """x / scale in float32, ties to even (onnxruntime's QuantizeLinear, numpy's rint), then the zero point, and
+    saturation; exactly, on ties, saturating values and random ones."""
+    scale, zero_point = np.float32(0.05), -3
+    x = np.concatenate([np.array([0.025, 0.075, -0.025, -0.125, 0.0, 1e9, -1e9, 6.5, -6.25], np.float32),
+                        np.random.default_rng(7).normal(0, 4, 1000).astype(np.float32)])
+    want = np.clip(np.rint(x / scale) + zero_point, -128, 127).astype(np.int8)
+    out = np.zeros(x.size, np.int8)
+    fn = int8_lib.crtforge_int8_quantize
+    fn.argtypes = [ctypes.POINTER(ctypes.c_float), ctypes.c_int32, ctypes.c_float, ctypes.c_int32,
+                   ctypes.POINTER(ctypes.c_int8)]
+    assert fn(_ptr(x, ctypes.c_float), x.size, scale, zero_point, _ptr(out, ctypes.c_int8)) == 0
+    np.testing.assert_array_equal(out, want)
+    assert fn(_ptr(x, ctypes.c_float), x.size, 0.0, 0, _ptr(out, ctypes.c_int8)) == -1
+
+
 def test_quantize_multiplier_edges():
     # Exact powers of two: mantissa 0.5.
     assert qz.quantize_multiplier(1.0) == qz.QuantizedMultiplier(1 << 30, 1)
@@ -508,9 +524,10 @@ def test_dsp_path_on_cortex_m4_equals_portable(int8_lib, tmp_path):
         np.testing.assert_array_equal(got[p.name], run_weighted(int8_lib, p), err_msg=p.name)
 
 
-# onnxruntime's requantisation is float32 arithmetic: on a core without an FPU, libgcc's IEEE soft float.
-SOFT_FLOAT = {"__aeabi_i2f", "__aeabi_fmul", "__aeabi_fadd", "__aeabi_fsub", "__aeabi_f2iz", "__aeabi_fcmplt",
-              "__aeabi_fcmpgt", "__aeabi_fcmple", "__aeabi_fcmpge"}
+# onnxruntime's requantisation and QuantizeLinear are float32 arithmetic (its quantize divides): on a core without
+# an FPU, libgcc's IEEE soft float.
+SOFT_FLOAT = {"__aeabi_i2f", "__aeabi_fmul", "__aeabi_fdiv", "__aeabi_fadd", "__aeabi_fsub", "__aeabi_f2iz",
+              "__aeabi_fcmplt", "__aeabi_fcmpgt", "__aeabi_fcmple", "__aeabi_fcmpge"}
 
 
 @pytest.mark.parametrize("cpu,flags,allowed", [

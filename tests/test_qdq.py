@@ -92,11 +92,12 @@ def test_outputs_equal_onnxruntime(built, target_name, model):
 def test_conv_depthwise_and_matmul_run_integer(built):
     root, _ = built
     ops = fsutil.read_json(_files(root, "cortex-m3", "small-qdq").plan_json)["ops"]
-    assert ops["integer"] == {"CONV_2D": 1, "DEPTHWISE_CONV_2D": 1, "FULLY_CONNECTED": 1}
-    # The model's input quantize, and the bias Add of int8 tensors (onnxruntime's QLinearAdd is not TFLite's ADD)
-    # with the output dequantize, stay on TVM's float path, and are counted so. The Reshape between the
-    # depthwise conv and the MatMul reshapes the int8 tensor (fold_identity_requantize): an alias, no call.
-    assert len(ops["tvm_float"]) == 2 and ops["tvm_integer"] == []
+    # The model's input QuantizeLinear runs crtforge_int8_quantize.
+    assert ops["integer"] == {"QUANTIZE": 1, "CONV_2D": 1, "DEPTHWISE_CONV_2D": 1, "FULLY_CONNECTED": 1}
+    # The bias Add of int8 tensors (onnxruntime's QLinearAdd is not TFLite's ADD), fused with the output
+    # dequantize, stays on TVM's float path, and is counted so. The Reshape between the depthwise conv and the
+    # MatMul reshapes the int8 tensor (fold_identity_requantize): an alias, no call.
+    assert len(ops["tvm_float"]) == 1 and ops["tvm_integer"] == []
 
 
 def test_uint8_activations_fall_back_to_float_and_say_so(built):
@@ -116,18 +117,20 @@ def test_nchw_convolutions_are_transposed_around_the_kernel(built):
     assert "crtforge_int8_transpose((const int8_t*)x0->data, 1, 3, 1024, x_nhwc);" in c
     assert "if (status == 0) crtforge_int8_transpose(y_nhwc, 1, 1024, 8, (int8_t*)y->data);" in c
     # onnxruntime's requantisation: float scales, no TFLite multipliers.
-    assert ".scale = convnet_qdq_int8_0_conv2d_scale}" in c and "_multiplier[" not in c
+    assert ".scale = convnet_qdq_int8_1_conv2d_scale}" in c and "_multiplier[" not in c
+    # The input's QuantizeLinear: x / scale in float32, as onnxruntime divides.
+    assert "crtforge_int8_quantize((const float*)x0->data, 3072, convnet_qdq_int8_0_quantize_scale[0], " in c
 
 
 def test_partition_of_the_bench_qdq_models():
     mlp = int8.partition(load_relax(BENCH / "mlp_qdq.onnx"), "m", rounding=qz.Rounding.ONNXRUNTIME)
-    assert [k.op for k in mlp.kernels] == ["FULLY_CONNECTED"] * 3
+    assert [k.op for k in mlp.kernels] == ["QUANTIZE"] + ["FULLY_CONNECTED"] * 3
     # The same model taken with TFLite's rounding would not match onnxruntime: the source format decides.
     from tasks.compile.relax_build import rounding_of
     assert rounding_of(BENCH / "mlp_qdq.onnx") == qz.Rounding.ONNXRUNTIME
     assert rounding_of(BENCH / "mlp_int8.tflite") == qz.Rounding.TFLITE
     convnet = int8.partition(load_relax(BENCH / "convnet_qdq.onnx"), "c", rounding=qz.Rounding.ONNXRUNTIME)
-    assert [k.op for k in convnet.kernels] == ["CONV_2D", "CONV_2D", "FULLY_CONNECTED"]
+    assert [k.op for k in convnet.kernels] == ["QUANTIZE", "CONV_2D", "CONV_2D", "FULLY_CONNECTED"]
 
 
 def test_identity_requantisations_around_layout_ops_are_folded():

@@ -576,6 +576,22 @@ int32_t crtforge_int8_depthwise_conv2d(const crtforge_int8_conv_shape* s, const 
 
 /* --- layout ------------------------------------------------------------------------------------------ */
 
+int32_t crtforge_int8_quantize(const float* x, int32_t size, float scale, int32_t zero_point, int8_t* out) {
+  /* Clamped first, to bounds that are integers, so rounding then gives the saturated value; then rounded by
+   * adding and subtracting 1.5 * 2^23 (ties to even, as the FPU rounds), as requantize_float does. */
+  const float lo = (float)(-128 - zero_point), hi = (float)(127 - zero_point), magic = 12582912.0f;
+  int32_t i;
+  if (x == 0 || out == 0 || size < 0 || !(scale > 0.0f)) return -1;
+  for (i = 0; i < size; ++i) {
+    float v = x[i] / scale;
+    if (v < lo) v = lo;
+    if (v > hi) v = hi;
+    v = (v + magic) - magic;
+    out[i] = (int8_t)((int32_t)v + zero_point);
+  }
+  return 0;
+}
+
 void crtforge_int8_transpose(const int8_t* src, int32_t batches, int32_t rows, int32_t cols, int8_t* dst) {
   int32_t b, i, j;
   for (b = 0; b < batches; ++b, src += rows * cols, dst += rows * cols)

@@ -89,6 +89,8 @@ def _patterns() -> list[tuple[str, Any]]:
     # SOFTMAX has no fused activation. (TVM's frontend drops beta; the importer refuses a beta other than 1.)
     out.append(("softmax", _requantize(is_op("relax.nn.softmax")(_dequantize(wildcard())), False)))
     out.append(("mean", _requantize(is_op("relax.mean")(_dequantize(wildcard())), False)))
+    # A QDQ model's input QuantizeLinear (partition matches it only on the model's inputs).
+    out.append(("quantize", is_op("relax.quantize")(wildcard(), is_const(), is_const())))
     return out
 
 
@@ -556,6 +558,22 @@ def _mean(symbol: str, r: _Reader) -> Int8Kernel:
     return Int8Kernel(symbol, "MEAN", summary, 1, (), (static,), call, 0, "crtforge_int8_mean")
 
 
+def _quantize(symbol: str, r: _Reader) -> Int8Kernel:
+    """A float tensor quantised as onnxruntime's QuantizeLinear does: x / scale in float32, rounded half to even,
+    plus the zero point, saturated. (Only for the model's inputs: see partition.)"""
+    res = r.result
+    x = res.args[0]
+    q = _dequant_params(r, res)
+    if _dtype(x) != "float32" or _dtype(res) != "int8":
+        raise Int8Error(f"quantize from {_dtype(x)} to {_dtype(res)}; the kernel takes float32 to int8")
+    size = int(np.prod(_shape(x)))
+    scale = CArray(f"{symbol}_scale", "float", np.array([q.scale], np.float32))
+    call = (f"crtforge_int8_quantize((const float*)x0->data, {size}, {symbol}_scale[0], {q.zero_point}, "
+            f"(int8_t*)y->data)")
+    return Int8Kernel(symbol, "QUANTIZE", f"{size} values, scale {q.scale:g}, zero point {q.zero_point}", 1,
+                      (scale,), (), call, 0, "crtforge_int8_quantize")
+
+
 def _composite(func) -> tuple[str, Any]:
     """The pattern name and the inner composite function of an outer function RunCodegen receives."""
     from tvm import relax
@@ -580,7 +598,7 @@ def describe(func, symbol: str, wide_weights: bool = False, rounding: qz.Roundin
 
 # What onnxruntime computes with the kernels' arithmetic: its weighted ops requantise in float (Rounding);
 # its other quantised ops do not follow TFLite's formulas, so they stay on TVM's float path.
-_ONNXRUNTIME_OPS = ("fully_connected", "conv2d")
+_ONNXRUNTIME_OPS = ("fully_connected", "conv2d", "quantize")
 
 
 def _describe(name: str, r: _Reader, symbol: str, wide_weights: bool = False,
@@ -600,14 +618,22 @@ def _describe(name: str, r: _Reader, symbol: str, wide_weights: bool = False,
             return _softmax(symbol, r)
         if name == "mean":
             return _mean(symbol, r)
+        if name == "quantize":
+            if rounding != qz.Rounding.ONNXRUNTIME:
+                raise Int8Error("TFLite's QUANTIZE rounds ties away from zero; the kernel rounds as onnxruntime")
+            return _quantize(symbol, r)
     except Int8Error as e:
         raise Int8Error(f"{symbol} ({name}): {e}") from None
     raise Int8Error(f"{symbol}: unknown pattern '{name}'")
 
 
-def _supported(name: str, rounding: qz.Rounding, context) -> bool:
+def _supported(name: str, rounding: qz.Rounding, inputs: tuple[Any, ...], context) -> bool:
     """Match only what the kernels compute exactly (describing the cluster succeeds); anything else, such as
-    int16 activations or asymmetric weights, stays on TVM's float path and is reported as float."""
+    int16 activations or asymmetric weights, stays on TVM's float path and is reported as float. A quantize is
+    matched only on one of the model's `inputs`: elsewhere TVM fuses it into the float op before it, and taking
+    it out would store that op's float output in the arena."""
+    if name == "quantize" and not any(context.matched_expr.args[0].same_as(v) for v in inputs):
+        return False
     r = _Reader(context.matched_expr, dict(context.matched_bindings.items()))
     try:
         _describe(name, r, "check", rounding=rounding)
@@ -740,7 +766,8 @@ def partition(mod, prefix: str, wide_weights: bool = False, rounding: qz.Roundin
 
     described: dict[str, Int8Kernel] = {}
     tvm_ffi.register_global_func(f"relax.ext.{CODEGEN}", functools.partial(_codegen, described), override=True)
-    patterns = [(f"{CODEGEN}.{name}", pat, {}, functools.partial(_supported, name, rounding))
+    inputs = tuple(mod["main"].params)
+    patterns = [(f"{CODEGEN}.{name}", pat, {}, functools.partial(_supported, name, rounding, inputs))
                 for name, pat in _patterns()]
     mod = relax.transform.FuseOpsByPattern(patterns, bind_constants=True, annotate_codegen=True)(mod)
     kernels = []

@@ -42,6 +42,11 @@ int32_t crtforge_int8_rounding_divide_by_pot(int32_t x, int32_t exponent);
  *  shift > 0 shifts left (the product wraps as TFLite's does on two's-complement machines); shift >= -31. */
 int32_t crtforge_int8_multiply_by_quantized_multiplier(int32_t x, int32_t multiplier, int32_t shift);
 
+/** out[i] = saturate(round_half_even(x[i] / scale) + zero_point), as onnxruntime's QuantizeLinear computes it
+ *  (float32 division): a QDQ model's float input into int8. Returns -1 for a null pointer, a negative size or a
+ *  scale that is not positive. */
+int32_t crtforge_int8_quantize(const float* x, int32_t size, float scale, int32_t zero_point, int8_t* out);
+
 /** dst[b][j][i] = src[b][i][j] for b < batches, i < rows, j < cols: NCHW to NHWC with rows = C and
  *  cols = H * W, and back with the two swapped. ONNX's convolutions are NCHW; the kernels are NHWC. */
 void crtforge_int8_transpose(const int8_t* src, int32_t batches, int32_t rows, int32_t cols, int8_t* dst);
