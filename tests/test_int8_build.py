@@ -80,19 +80,20 @@ def test_int8_ops_run_integer_and_activations_stay_int8(built):
     assert plan["ops"] == {"integer": {"CONV_2D": 1}, "tvm_float": [], "tvm_integer": [], "other": []}
     assert {t["dtype"] for t in plan["tensors"]} == {"int8"}
     # The output is written straight into the caller's buffer (5*4*6 int8 bytes); the arena holds only the input
-    # column as int16 (2 * 3*3*5 bytes, padded), for that call.
+    # column as int16 (3*3*5 = 45 entries in whole quads: 2 * 48 bytes), for that call.
     assert [(s["kind"], s["nbytes"]) for s in plan["storages"]] == [("output", 120), ("workspace", 96)]
     assert plan["arena_bytes"] == -(-96 // ARENA_ALIGN) * ARENA_ALIGN
     c = f.external_c.read_text()
     assert "the model's CONV_2D (1x9x7x5 -> 1x5x4x6, kernel 3x3, stride 2x2, RELU6)" in c
     # A small filter is widened to int16 at build time (int8.WIDE_WEIGHTS_MAX_BYTES), not dequantized to float.
     assert "crtforge_int8_conv2d_wide(&conv_same_s2_int8_0_conv2d_shape" in c
-    assert "extern const int16_t conv_same_s2_int8_0_conv2d_weights[270];" in c  # linked data, from weights.S
+    # Linked data, from weights.S: 6 rows of 45, each zero-padded to 48 (quantize.conv_matrix).
+    assert "extern const int16_t conv_same_s2_int8_0_conv2d_weights[288];" in c
     assert "conv_same_s2_int8_0_conv2d_weights:\n  .incbin" in f.weights_asm.read_text()
     # Cortex-M3 has no DSP extension: int8 weights there.
     m3 = _files(root, "cortex-m3", "conv-same-s2").external_c.read_text()
     assert "crtforge_int8_conv2d(&conv_same_s2_int8_0_conv2d_shape" in m3
-    assert "extern const int8_t conv_same_s2_int8_0_conv2d_weights[270];" in m3
+    assert "extern const int8_t conv_same_s2_int8_0_conv2d_weights[288];" in m3
     assert "float" not in c
 
 

@@ -120,8 +120,8 @@ def prepare_weighted(case: m.WeightedCase, name: str, wide: bool = False, fast: 
         b, k = case.input.shape
         return Prepared(name, "fc", case.input, pack(case.weights), case.bias, q,
                         {"batches": b, "in_features": k, "out_features": case.weights.shape[0]}, out_size, k, fast)
-    return Prepared(name, "conv", case.input, pack(case.weights.reshape(case.weights.shape[0], -1)),
-                    case.bias, q, conv_shape(case), out_size, int(np.prod(case.weights.shape[1:])), fast)
+    return Prepared(name, "conv", case.input, pack(qz.conv_matrix(case.weights)), case.bias, q, conv_shape(case),
+                    out_size, qz.conv_column(int(np.prod(case.weights.shape[1:]))), fast)
 
 
 # Every weighted case runs four ways: int8 and int16 weights, each with and without the fast requantisation.

@@ -411,8 +411,11 @@ static int32_t conv2d(const crtforge_int8_conv_shape* s, const crtforge_int8_cha
   const int32_t in_h = s->in_h, in_w = s->in_w, in_c = s->in_c, out_h = s->out_h, out_w = s->out_w;
   const int32_t out_c = s->out_c, kernel_h = s->kernel_h, kernel_w = s->kernel_w, offset = q->input_offset;
   const int32_t stride_h = s->stride_h, stride_w = s->stride_w, pad_top = s->pad_top, pad_left = s->pad_left;
-  const int32_t dilation_h = s->dilation_h, dilation_w = s->dilation_w, k = kernel_h * kernel_w * in_c;
+  const int32_t dilation_h = s->dilation_h, dilation_w = s->dilation_w, taps = kernel_h * kernel_w * in_c;
+  /* The column and the filter rows in whole quads: the padding is zero in both, and stays so in the column. */
+  const int32_t k = CRTFORGE_INT8_CONV_COLUMN(taps);
   int8_t* out = out_output;
+  column_zero(scratch, k, taps, k - taps);
   for (b = 0; b < s->batches; ++b) {
     const int8_t* image = input + b * in_h * in_w * in_c;
     for (oy = 0; oy < out_h; ++oy) {

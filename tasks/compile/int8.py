@@ -412,8 +412,8 @@ def _conv2d(symbol: str, r: _Reader, wide: bool, rounding: qz.Rounding) -> Int8K
         ohwi = np.transpose(w, (0, 2, 3, 1) if nchw else (3, 0, 1, 2))
         geo["kernel_h"], geo["kernel_w"] = ohwi.shape[1], ohwi.shape[2]
         geo["depth_multiplier"] = 1
-        weights, kernel = _packed(ohwi.reshape(out_c, -1), "crtforge_int8_conv2d", wide)
-        scratch, op = workspace_size(2 * ohwi[0].size), "CONV_2D"  # the int16 column
+        weights, kernel = _packed(qz.conv_matrix(ohwi), "crtforge_int8_conv2d", wide)
+        scratch, op = workspace_size(2 * qz.conv_column(ohwi[0].size)), "CONV_2D"  # the int16 column
     if len(s_w) not in (1, out_c):
         raise Int8Error(f"{len(s_w)} weight scales for {out_c} output channels")
     s_w = np.resize(s_w, out_c)

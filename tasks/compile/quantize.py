@@ -238,6 +238,19 @@ def pack_depthwise(filt: np.ndarray, depth_multiplier: int) -> np.ndarray:
     return np.concatenate([quads.reshape(-1), w[:, :, blocked:].reshape(-1)])
 
 
+def conv_column(k: int) -> int:
+    """The length of crtforge_int8_conv2d's input column for k = KH*KW*in_c: k in whole quads."""
+    return -(-k // 4) * 4
+
+
+def conv_matrix(ohwi: np.ndarray) -> np.ndarray:
+    """A conv filter OHWI as crtforge_int8_conv2d's [out_c][conv_column(k)] matrix: each row zero-padded to whole
+    quads, so the dot products have no leftover (a first layer's 3x3x3 = 27 would leave 3 per row); the kernel
+    zeroes the column's padding, so the sums are the same."""
+    w = np.asarray(ohwi).reshape(ohwi.shape[0], -1)
+    return np.pad(w, ((0, 0), (0, conv_column(w.shape[1]) - w.shape[1])))
+
+
 def pack_weights(matrix: np.ndarray) -> np.ndarray:
     """The weight layout of crtforge_int8_fully_connected and crtforge_int8_conv2d (see CRTFORGE_INT8_PACK_ROWS):
     rows in groups of 4, each group's k-quads interleaved row by row (16 bytes per quad), then its k % 4

@@ -85,6 +85,8 @@ typedef struct crtforge_int8_channel_quant {
 
 /** Scratch for fully connected and conv2d: the offset input column as int16, k entries. */
 #define CRTFORGE_INT8_SCRATCH_BYTES(k) ((uint32_t)(k) * 2u)
+/** The input column of crtforge_int8_conv2d: k = kernel_h * kernel_w * in_c in whole quads. */
+#define CRTFORGE_INT8_CONV_COLUMN(k) (((k) + 3) & ~3)
 
 /** Scratch for depthwise conv2d: one output pixel's int32 sums, requantised together. */
 #define CRTFORGE_INT8_DEPTHWISE_SCRATCH_BYTES(out_c) ((uint32_t)(out_c) * 4u)
@@ -126,13 +128,15 @@ typedef struct crtforge_int8_conv_shape {
 
 /**
  * Conv2d (TFLite CONV_2D, no groups): filter OHWI [out_c][kernel_h][kernel_w][in_c] (TFLite's own layout),
- * packed as a [out_c][kernel_h*kernel_w*in_c] matrix.
+ * packed as a [out_c][CRTFORGE_INT8_CONV_COLUMN(kernel_h*kernel_w*in_c)] matrix, each row zero-padded to whole
+ * quads (`conv_matrix`).
  * \param[in]  s          geometry (depth_multiplier ignored)
  * \param[in]  q          requantisation (per output channel)
  * \param[in]  input      [batches][in_h][in_w][in_c]
  * \param[in]  filter     packed OHWI, 4-byte aligned
  * \param[in]  bias       [out_c] or NULL
- * \param[in]  scratch    CRTFORGE_INT8_SCRATCH_BYTES(kernel_h * kernel_w * in_c) bytes, 4-byte aligned
+ * \param[in]  scratch    CRTFORGE_INT8_SCRATCH_BYTES(CRTFORGE_INT8_CONV_COLUMN(kernel_h * kernel_w * in_c))
+ *                        bytes, 4-byte aligned
  * \param[out] out_output [batches][out_h][out_w][out_c]
  */
 int32_t crtforge_int8_conv2d(const crtforge_int8_conv_shape* s, const crtforge_int8_channel_quant* q,
