@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SINE, doit_argv, run_doit
+from conftest import ROOT, SINE, doit_argv, run_doit
+from tasks import fsutil
 from tasks.dask_run import DaskRunError, STAGE_RESOURCES, check_resources
+from tasks.layout import PipelineFiles
 
 PIPELINE = (f'[models.sine]\nsource = "{SINE}"\n[targets.host]\nbackend = "c"\ntoolchain = "host-gcc"\n'
             '[targets.m4]\nbackend = "llvm"\ntoolchain = "arm-none-eabi-gcc"\nboard = "mps2-an386"\n')
@@ -82,6 +84,45 @@ def test_a_worker_killed_mid_task_is_retried(serial, tmp_path):
     assert killed, "no relax task was seen running"
     assert build.returncode == 0, stdout[-2000:] + stderr
     assert_same_bytes(serial, tmp_path / "out")
+
+
+def test_a_worker_killed_mid_trial_costs_a_retry_not_the_search(tmp_path):
+    """A tuning search's trials run on the workers; one whose worker is killed is run again (on the worker its
+    nanny restarts), and the search ends with every trial measured."""
+    from distributed import Client, LocalCluster
+
+    (tmp_path / "pipeline.toml").write_text(
+        f'[models.convnet]\nsource = "{ROOT / "models" / "bench" / "convnet.onnx"}"\n[targets.m4]\nbackend = "llvm"\n'
+        'toolchain = "arm-none-eabi-gcc"\nboard = "mps2-an386"\ntune = {trials = 8, batch = 4}\n')
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                      resources={"MEMORY": MEMORY, "TUNE": 1}) as cluster, Client(cluster) as client:
+        tune = subprocess.Popen(doit_argv(tmp_path / "pipeline.toml", "-P", "dask", "tune",
+                                          f"scheduler={cluster.scheduler_address}"),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        killed = []
+
+        def kill_a_trial_beside_the_search() -> None:
+            deadline = time.monotonic() + 120
+            while not killed and time.monotonic() < deadline and tune.poll() is None:
+                for worker, keys in client.processing().items():
+                    keys = [str(k) for k in keys]
+                    if any(k.startswith("trial:") for k in keys) and not any(k.startswith("tune:") for k in keys):
+                        os.kill(client.run(os.getpid, workers=[worker])[worker], signal.SIGKILL)
+                        killed.append(worker)
+                        return
+                time.sleep(0.02)
+
+        killer = threading.Thread(target=kill_a_trial_beside_the_search)
+        killer.start()
+        stdout, stderr = tune.communicate(timeout=600)
+        killer.join()
+    assert killed, "no trial was seen running beside the search"
+    assert tune.returncode == 0, stdout[-2000:] + stderr
+    summary = fsutil.read_json(PipelineFiles(tmp_path / "out").pair("m4", "convnet", "convnet", "llvm").tune.summary_json)
+    # Every trial measured by a worker, none failed: the killed one's was run again.
+    assert summary["trials"] >= 8 and sum(summary["measured_on"].values()) == summary["trials"]
+    progress = [line for line in stderr.splitlines() if line.startswith("tune m4/convnet: ")]
+    assert progress and not any("failed" in line for line in progress), stderr[-2000:]
 
 
 def test_workers_without_the_resources_are_refused_before_anything_runs():
