@@ -724,10 +724,9 @@ def fold_identity_requantize(mod) -> tuple[Any, dict[str, str]]:
     wherever a layout op sits between quantised ops (an ONNX Transpose or Flatten before a Gemm), and TVM would
     compile each into a float kernel. Also returns, by binding name, each folded quantize's layout op (whose
     source op the binding now computes)."""
+    import tvm
     from tvm import relax
     from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
-
-    import tvm
 
     mod = tvm.IRModule(dict(mod.functions.items()), attrs=mod.attrs)  # the caller's module stays as it was
     x, s_in, z_in, s_out, z_out = wildcard(), is_const(), is_const(), is_const(), is_const()
