@@ -10,6 +10,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -55,69 +56,54 @@ def test_a_local_cluster_builds_the_same_bytes(serial, tmp_path):
     assert run_doit(tmp_path / "pipeline.toml", "build").executed() == []
 
 
-def test_a_worker_killed_mid_task_is_retried(serial, tmp_path):
+def run_killing_a_worker(pipeline: Path, command: str, kills: Callable[[list[str]], bool]):
+    """`doit -P dask <command>` on a LocalCluster of two workers, SIGKILLing the first worker whose processing
+    task keys satisfy `kills`: the command's (returncode, stdout, stderr), and the killed workers' addresses."""
     from distributed import Client, LocalCluster
 
-    (tmp_path / "pipeline.toml").write_text(PIPELINE)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
                       resources={"MEMORY": MEMORY, "TUNE": 1}) as cluster, Client(cluster) as client:
-        build = subprocess.Popen(doit_argv(tmp_path / "pipeline.toml", "-P", "dask", "build",
-                                           f"scheduler={cluster.scheduler_address}"),
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        killed = []
+        run = subprocess.Popen(doit_argv(pipeline, "-P", "dask", command, f"scheduler={cluster.scheduler_address}"),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        killed: list[str] = []
 
-        def kill_the_first_relax() -> None:
+        def kill_the_first() -> None:
             deadline = time.monotonic() + 120
-            while not killed and time.monotonic() < deadline and build.poll() is None:
+            while not killed and time.monotonic() < deadline and run.poll() is None:
                 for worker, keys in client.processing().items():
-                    if any(str(k).startswith("relax:") for k in keys):
-                        pid = client.run(os.getpid, workers=[worker])[worker]
-                        os.kill(pid, signal.SIGKILL)
+                    if kills([str(k) for k in keys]):
+                        os.kill(client.run(os.getpid, workers=[worker])[worker], signal.SIGKILL)
                         killed.append(worker)
                         return
-                time.sleep(0.05)
+                time.sleep(0.02)
 
-        killer = threading.Thread(target=kill_the_first_relax)
+        killer = threading.Thread(target=kill_the_first)
         killer.start()
-        stdout, stderr = build.communicate(timeout=600)
+        stdout, stderr = run.communicate(timeout=600)
         killer.join()
+    return run.returncode, stdout, stderr, killed
+
+
+def test_a_worker_killed_mid_task_is_retried(serial, tmp_path):
+    (tmp_path / "pipeline.toml").write_text(PIPELINE)
+    returncode, stdout, stderr, killed = run_killing_a_worker(
+        tmp_path / "pipeline.toml", "build", lambda keys: any(k.startswith("relax:") for k in keys))
     assert killed, "no relax task was seen running"
-    assert build.returncode == 0, stdout[-2000:] + stderr
+    assert returncode == 0, stdout[-2000:] + stderr
     assert_same_bytes(serial, tmp_path / "out")
 
 
 def test_a_worker_killed_mid_trial_costs_a_retry_not_the_search(tmp_path):
     """A tuning search's trials run on the workers; one whose worker is killed is run again (on the worker its
     nanny restarts), and the search ends with every trial measured."""
-    from distributed import Client, LocalCluster
-
     (tmp_path / "pipeline.toml").write_text(
         f'[models.convnet]\nsource = "{ROOT / "models" / "bench" / "convnet.onnx"}"\n[targets.m4]\nbackend = "llvm"\n'
         'toolchain = "arm-none-eabi-gcc"\nboard = "mps2-an386"\ntune = {trials = 8, batch = 4}\n')
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                      resources={"MEMORY": MEMORY, "TUNE": 1}) as cluster, Client(cluster) as client:
-        tune = subprocess.Popen(doit_argv(tmp_path / "pipeline.toml", "-P", "dask", "tune",
-                                          f"scheduler={cluster.scheduler_address}"),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        killed = []
-
-        def kill_a_trial_beside_the_search() -> None:
-            deadline = time.monotonic() + 120
-            while not killed and time.monotonic() < deadline and tune.poll() is None:
-                for worker, keys in client.processing().items():
-                    keys = [str(k) for k in keys]
-                    if any(k.startswith("trial:") for k in keys) and not any(k.startswith("tune:") for k in keys):
-                        os.kill(client.run(os.getpid, workers=[worker])[worker], signal.SIGKILL)
-                        killed.append(worker)
-                        return
-                time.sleep(0.02)
-
-        killer = threading.Thread(target=kill_a_trial_beside_the_search)
-        killer.start()
-        stdout, stderr = tune.communicate(timeout=600)
-        killer.join()
+    returncode, stdout, stderr, killed = run_killing_a_worker(
+        tmp_path / "pipeline.toml", "tune",
+        lambda keys: any(k.startswith("trial:") for k in keys) and not any(k.startswith("tune:") for k in keys))
     assert killed, "no trial was seen running beside the search"
-    assert tune.returncode == 0, stdout[-2000:] + stderr
+    assert returncode == 0, stdout[-2000:] + stderr
     summary = fsutil.read_json(PipelineFiles(tmp_path / "out").pair("m4", "convnet", "convnet", "llvm").tune.summary_json)
     # Every trial measured by a worker, none failed: the killed one's was run again.
     assert summary["trials"] >= 8 and sum(summary["measured_on"].values()) == summary["trials"]

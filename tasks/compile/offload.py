@@ -229,11 +229,10 @@ def partition(mod, prefix: str, codegens: tuple[str, ...]) -> Offloaded:
         # (ONNX) gather and scatter no strided columns; between two convolutions the layout stays NHWC. Left to
         # TVM, convolutions keep the model's layout, which tuning records were searched on.
         mod = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]})(mod)
-    # Transposed weights (ONNX Gemm's transB, the HWIO kernels) become constants, which the patterns require.
-    mod = relax.transform.FoldConstant()(mod)
-    if "conv2d" in ops:
         patterns += [(f"{_CODEGEN}.conv2d_bias_relu", *_conv_pattern(True), _conv_supported),
                      (f"{_CODEGEN}.conv2d_bias", *_conv_pattern(False), _conv_supported)]
+    # Transposed weights (ONNX Gemm's transB, the HWIO kernels) become constants, which the patterns require.
+    mod = relax.transform.FoldConstant()(mod)
     if "dense" in ops:
         pattern, annotations = _pattern()
         patterns.append((f"{_CODEGEN}.dense_bias", pattern, annotations, _supported))
